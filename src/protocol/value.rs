@@ -1,0 +1,893 @@
+//! AMQP field values: short and long strings, field tables and arrays, and the
+//! primitive wire parsers and encoders the generated code is built from.
+//!
+//! This module owns the data types that travel inside methods and content
+//! headers. It never looks at frames or connection state.
+//!
+//! Everything parsed here is zero-copy: strings, byte arrays, tables and
+//! arrays are [`Bytes`] views of the frame they arrived in. A [`FieldTable`]
+//! is kept in its wire encoding, checked once when its frame is parsed, and
+//! decoded entry by entry only when the user reads it; so receiving a message
+//! with a `headers` table allocates nothing.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use nom::number::complete::{
+    be_f32, be_f64, be_i16, be_i32, be_i64, be_i8, be_u16, be_u32, be_u64, be_u8,
+};
+
+use crate::error::DecodeErrorKind;
+
+/// How deeply tables and arrays may nest inside one another before the
+/// parser refuses the input, so hostile input cannot exhaust the stack.
+pub const MAX_NESTING: usize = 32;
+
+// ---------------------------------------------------------------------------
+// Parser plumbing shared with frame.rs and generated.rs.
+
+/// The nom error type of the codec: where parsing stopped (as an address into
+/// the frame, turned into a stream offset by the frame decoder), why, and in
+/// which field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WireError {
+    pub(crate) at: usize,
+    pub(crate) kind: DecodeErrorKind,
+    pub(crate) context: &'static str,
+}
+
+impl<'a> nom::error::ParseError<&'a [u8]> for WireError {
+    fn from_error_kind(input: &'a [u8], _kind: nom::error::ErrorKind) -> Self {
+        // The codec only uses nom's `complete` parsers, whose failures all
+        // mean "the field runs past the end of its container".
+        WireError {
+            at: input.as_ptr() as usize,
+            kind: DecodeErrorKind::Truncated,
+            context: "",
+        }
+    }
+
+    fn append(_input: &'a [u8], _kind: nom::error::ErrorKind, other: Self) -> Self {
+        other
+    }
+}
+
+/// The result of a codec parser over a slice of one frame.
+pub(crate) type WireResult<'a, T> = nom::IResult<&'a [u8], T, WireError>;
+
+/// Fails at `input` with `kind`.
+pub(crate) fn fail<T>(input: &[u8], kind: DecodeErrorKind) -> WireResult<'_, T> {
+    Err(nom::Err::Error(WireError {
+        at: input.as_ptr() as usize,
+        kind,
+        context: "",
+    }))
+}
+
+/// Names the field being parsed in an error that does not name one yet.
+pub(crate) fn in_field(
+    context: &'static str,
+) -> impl Fn(nom::Err<WireError>) -> nom::Err<WireError> {
+    move |err| {
+        err.map(|mut e| {
+            if e.context.is_empty() {
+                e.context = context;
+            }
+            e
+        })
+    }
+}
+
+pub(crate) fn octet(i: &[u8]) -> WireResult<'_, u8> {
+    be_u8(i)
+}
+pub(crate) fn short(i: &[u8]) -> WireResult<'_, u16> {
+    be_u16(i)
+}
+pub(crate) fn long(i: &[u8]) -> WireResult<'_, u32> {
+    be_u32(i)
+}
+pub(crate) fn longlong(i: &[u8]) -> WireResult<'_, u64> {
+    be_u64(i)
+}
+
+/// Splits `len` bytes off `i`, or fails with [`DecodeErrorKind::LengthOverrun`].
+fn take_len(i: &[u8], len: u64) -> WireResult<'_, &[u8]> {
+    match usize::try_from(len) {
+        Ok(n) if n <= i.len() => Ok((&i[n..], &i[..n])),
+        _ => fail(
+            i,
+            DecodeErrorKind::LengthOverrun {
+                declared: len,
+                available: i.len(),
+            },
+        ),
+    }
+}
+
+/// Parses a short string (one length octet, then the bytes) as a view of `src`.
+pub(crate) fn shortstr<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, ShortString> {
+    let (rest, len) = be_u8(i)?;
+    let (rest, bytes) = take_len(rest, u64::from(len))?;
+    Ok((rest, ShortString(src.slice_ref(bytes))))
+}
+
+/// Parses a long string (a 32-bit length, then the bytes) as a view of `src`.
+pub(crate) fn longstr<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, LongString> {
+    let (rest, bytes) = long_bytes(i)?;
+    Ok((rest, LongString(src.slice_ref(bytes))))
+}
+
+fn long_bytes(i: &[u8]) -> WireResult<'_, &[u8]> {
+    let (rest, len) = be_u32(i)?;
+    take_len(rest, u64::from(len))
+}
+
+/// Parses and validates a field table as a view of `src`.
+pub(crate) fn table<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, FieldTable> {
+    let (rest, body) = long_bytes(i)?;
+    validate_table(body, MAX_NESTING)?;
+    Ok((rest, FieldTable(src.slice_ref(body))))
+}
+
+pub(crate) fn put_shortstr(buf: &mut impl BufMut, s: &ShortString) {
+    buf.put_u8(s.0.len() as u8);
+    buf.put_slice(&s.0);
+}
+
+pub(crate) fn put_longstr(buf: &mut impl BufMut, s: &LongString) {
+    buf.put_u32(s.0.len() as u32);
+    buf.put_slice(&s.0);
+}
+
+pub(crate) fn put_table(buf: &mut impl BufMut, t: &FieldTable) {
+    buf.put_u32(t.0.len() as u32);
+    buf.put_slice(&t.0);
+}
+
+// ---------------------------------------------------------------------------
+// Strings.
+
+/// An AMQP short string: at most 255 bytes, a zero-copy view of the frame it
+/// arrived in.
+///
+/// AMQP does not require short strings to be UTF-8 and warren keeps them
+/// byte for byte; [`ShortString::as_str`] tells whether they are.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ShortString(Bytes);
+
+/// A string was longer than the 255 bytes a short string can hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShortStringTooLong {
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+impl fmt::Display for ShortStringTooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "short string of {} bytes exceeds the 255-byte limit",
+            self.len
+        )
+    }
+}
+
+impl std::error::Error for ShortStringTooLong {}
+
+impl ShortString {
+    /// The largest length a short string can have.
+    pub const MAX_LEN: usize = 255;
+
+    /// The empty string.
+    pub const fn empty() -> Self {
+        ShortString(Bytes::new())
+    }
+
+    /// A short string from a literal, without copying.
+    ///
+    /// # Panics
+    /// If `s` is longer than 255 bytes (a programming error in a literal).
+    pub const fn from_static(s: &'static str) -> Self {
+        assert!(
+            s.len() <= Self::MAX_LEN,
+            "short strings hold at most 255 bytes"
+        );
+        ShortString(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// A short string from any bytes, or an error when they exceed 255.
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self, ShortStringTooLong> {
+        let bytes = bytes.into();
+        if bytes.len() > Self::MAX_LEN {
+            return Err(ShortStringTooLong { len: bytes.len() });
+        }
+        Ok(ShortString(bytes))
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The string as UTF-8, or `None` when the peer sent other bytes.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The string as UTF-8, with invalid sequences replaced by U+FFFD.
+    pub fn to_str_lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// The underlying bytes, without copying.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the string is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<&str> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl TryFrom<String> for ShortString {
+    type Error = ShortStringTooLong;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::from_bytes(s)
+    }
+}
+
+impl PartialEq<str> for ShortString {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for ShortString {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl fmt::Display for ShortString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_str_lossy())
+    }
+}
+
+impl fmt::Debug for ShortString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.to_str_lossy(), f)
+    }
+}
+
+/// An AMQP long string: up to 4 GiB of bytes, a zero-copy view of its frame.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LongString(Bytes);
+
+impl LongString {
+    /// A long string holding `bytes`, without copying.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        LongString(bytes.into())
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The string as UTF-8, or `None` when it holds other bytes.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The string as UTF-8, with invalid sequences replaced by U+FFFD.
+    pub fn to_str_lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// The underlying bytes, without copying.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the string is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for LongString {
+    fn from(s: &str) -> Self {
+        LongString(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for LongString {
+    fn from(s: String) -> Self {
+        LongString(Bytes::from(s))
+    }
+}
+
+impl From<Bytes> for LongString {
+    fn from(b: Bytes) -> Self {
+        LongString(b)
+    }
+}
+
+impl fmt::Display for LongString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_str_lossy())
+    }
+}
+
+impl fmt::Debug for LongString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.to_str_lossy(), f)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Field values.
+
+/// A decimal number: `value / 10^scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Decimal {
+    /// Number of decimal places.
+    pub scale: u8,
+    /// The unscaled value.
+    pub value: u32,
+}
+
+/// One value of a field table or array, with the type tags RabbitMQ's 0-9-1
+/// errata assign (which the major clients follow).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    /// `t`: a boolean (any non-zero octet reads as true).
+    Bool(bool),
+    /// `b`: a signed 8-bit integer.
+    I8(i8),
+    /// `B`: an unsigned 8-bit integer.
+    U8(u8),
+    /// `s`: a signed 16-bit integer.
+    I16(i16),
+    /// `u`: an unsigned 16-bit integer.
+    U16(u16),
+    /// `I`: a signed 32-bit integer.
+    I32(i32),
+    /// `i`: an unsigned 32-bit integer.
+    U32(u32),
+    /// `l`: a signed 64-bit integer.
+    I64(i64),
+    /// `L`: an unsigned 64-bit integer.
+    U64(u64),
+    /// `f`: a 32-bit IEEE float.
+    F32(f32),
+    /// `d`: a 64-bit IEEE float.
+    F64(f64),
+    /// `D`: a decimal.
+    Decimal(Decimal),
+    /// `S`: a long string.
+    LongString(LongString),
+    /// `x`: a byte array.
+    ByteArray(Bytes),
+    /// `A`: an array of values.
+    Array(FieldArray),
+    /// `T`: a timestamp, seconds since the Unix epoch.
+    Timestamp(u64),
+    /// `F`: a nested table.
+    Table(FieldTable),
+    /// `V`: no value.
+    Void,
+}
+
+impl FieldValue {
+    /// The type tag this value is written with.
+    pub fn tag(&self) -> u8 {
+        match self {
+            FieldValue::Bool(_) => b't',
+            FieldValue::I8(_) => b'b',
+            FieldValue::U8(_) => b'B',
+            FieldValue::I16(_) => b's',
+            FieldValue::U16(_) => b'u',
+            FieldValue::I32(_) => b'I',
+            FieldValue::U32(_) => b'i',
+            FieldValue::I64(_) => b'l',
+            FieldValue::U64(_) => b'L',
+            FieldValue::F32(_) => b'f',
+            FieldValue::F64(_) => b'd',
+            FieldValue::Decimal(_) => b'D',
+            FieldValue::LongString(_) => b'S',
+            FieldValue::ByteArray(_) => b'x',
+            FieldValue::Array(_) => b'A',
+            FieldValue::Timestamp(_) => b'T',
+            FieldValue::Table(_) => b'F',
+            FieldValue::Void => b'V',
+        }
+    }
+
+    /// Bytes this value takes on the wire, tag included.
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            FieldValue::Bool(_) | FieldValue::I8(_) | FieldValue::U8(_) => 1,
+            FieldValue::I16(_) | FieldValue::U16(_) => 2,
+            FieldValue::I32(_) | FieldValue::U32(_) | FieldValue::F32(_) => 4,
+            FieldValue::I64(_)
+            | FieldValue::U64(_)
+            | FieldValue::F64(_)
+            | FieldValue::Timestamp(_) => 8,
+            FieldValue::Decimal(_) => 5,
+            FieldValue::LongString(s) => 4 + s.len(),
+            FieldValue::ByteArray(b) => 4 + b.len(),
+            FieldValue::Array(a) => 4 + a.0.len(),
+            FieldValue::Table(t) => 4 + t.0.len(),
+            FieldValue::Void => 0,
+        }
+    }
+
+    /// Writes the tag and the value.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        buf.put_u8(self.tag());
+        match self {
+            FieldValue::Bool(v) => buf.put_u8(u8::from(*v)),
+            FieldValue::I8(v) => buf.put_i8(*v),
+            FieldValue::U8(v) => buf.put_u8(*v),
+            FieldValue::I16(v) => buf.put_i16(*v),
+            FieldValue::U16(v) => buf.put_u16(*v),
+            FieldValue::I32(v) => buf.put_i32(*v),
+            FieldValue::U32(v) => buf.put_u32(*v),
+            FieldValue::I64(v) => buf.put_i64(*v),
+            FieldValue::U64(v) => buf.put_u64(*v),
+            FieldValue::F32(v) => buf.put_f32(*v),
+            FieldValue::F64(v) => buf.put_f64(*v),
+            FieldValue::Decimal(d) => {
+                buf.put_u8(d.scale);
+                buf.put_u32(d.value);
+            }
+            FieldValue::LongString(s) => put_longstr(buf, s),
+            FieldValue::ByteArray(b) => {
+                buf.put_u32(b.len() as u32);
+                buf.put_slice(b);
+            }
+            FieldValue::Array(a) => {
+                buf.put_u32(a.0.len() as u32);
+                buf.put_slice(&a.0);
+            }
+            FieldValue::Timestamp(v) => buf.put_u64(*v),
+            FieldValue::Table(t) => put_table(buf, t),
+            FieldValue::Void => {}
+        }
+    }
+
+    /// The value as a string, when it is a UTF-8 long string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            FieldValue::LongString(s) => s.as_str(),
+            _ => None,
+        }
+    }
+
+    /// The value as a signed integer, when it is an integer that fits.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            FieldValue::I8(v) => Some(v.into()),
+            FieldValue::U8(v) => Some(v.into()),
+            FieldValue::I16(v) => Some(v.into()),
+            FieldValue::U16(v) => Some(v.into()),
+            FieldValue::I32(v) => Some(v.into()),
+            FieldValue::U32(v) => Some(v.into()),
+            FieldValue::I64(v) => Some(v),
+            FieldValue::U64(v) => i64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a boolean, when it is one.
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            FieldValue::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The value as a table, when it is one.
+    pub fn as_table(&self) -> Option<&FieldTable> {
+        match self {
+            FieldValue::Table(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The value as an array, when it is one.
+    pub fn as_array(&self) -> Option<&FieldArray> {
+        match self {
+            FieldValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! field_value_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$ty> for FieldValue {
+            fn from(v: $ty) -> Self {
+                FieldValue::$variant(v.into())
+            }
+        })*
+    };
+}
+
+field_value_from! {
+    bool => Bool, i8 => I8, u8 => U8, i16 => I16, u16 => U16, i32 => I32, u32 => U32,
+    i64 => I64, u64 => U64, f32 => F32, f64 => F64, Decimal => Decimal,
+    LongString => LongString, &str => LongString, String => LongString,
+    FieldTable => Table, FieldArray => Array,
+}
+
+/// How a value parser treats nested tables and arrays: walk and check them
+/// (with the nesting budget left), or slice them unchecked because the
+/// enclosing table was checked when its frame was parsed.
+#[derive(Clone, Copy)]
+enum Nesting {
+    Check(usize),
+    Trusted,
+}
+
+/// Parses one tagged value. Nested tables and arrays are checked or trusted as
+/// `nesting` says; either way they become views of `src`, never copies.
+fn field_value<'a>(
+    src: Option<&Bytes>,
+    i: &'a [u8],
+    nesting: Nesting,
+) -> WireResult<'a, FieldValue> {
+    let view = |bytes: &[u8]| src.map_or_else(Bytes::new, |s| s.slice_ref(bytes));
+    let (i, tag) = be_u8(i)?;
+    let value = match tag {
+        b't' => be_u8(i).map(|(i, v)| (i, FieldValue::Bool(v != 0))),
+        b'b' => be_i8(i).map(|(i, v)| (i, FieldValue::I8(v))),
+        b'B' => be_u8(i).map(|(i, v)| (i, FieldValue::U8(v))),
+        b's' => be_i16(i).map(|(i, v)| (i, FieldValue::I16(v))),
+        b'u' => be_u16(i).map(|(i, v)| (i, FieldValue::U16(v))),
+        b'I' => be_i32(i).map(|(i, v)| (i, FieldValue::I32(v))),
+        b'i' => be_u32(i).map(|(i, v)| (i, FieldValue::U32(v))),
+        b'l' => be_i64(i).map(|(i, v)| (i, FieldValue::I64(v))),
+        b'L' => be_u64(i).map(|(i, v)| (i, FieldValue::U64(v))),
+        b'f' => be_f32(i).map(|(i, v)| (i, FieldValue::F32(v))),
+        b'd' => be_f64(i).map(|(i, v)| (i, FieldValue::F64(v))),
+        b'D' => {
+            let (i, scale) = be_u8(i)?;
+            let (i, value) = be_u32(i)?;
+            Ok((i, FieldValue::Decimal(Decimal { scale, value })))
+        }
+        b'S' => long_bytes(i).map(|(i, b)| (i, FieldValue::LongString(LongString(view(b))))),
+        b'x' => long_bytes(i).map(|(i, b)| (i, FieldValue::ByteArray(view(b)))),
+        b'T' => be_u64(i).map(|(i, v)| (i, FieldValue::Timestamp(v))),
+        b'V' => Ok((i, FieldValue::Void)),
+        b'F' | b'A' => {
+            let (rest, body) = long_bytes(i)?;
+            if let Nesting::Check(depth_left) = nesting {
+                if depth_left == 0 {
+                    return fail(i, DecodeErrorKind::NestingTooDeep { limit: MAX_NESTING });
+                }
+                if tag == b'F' {
+                    validate_table(body, depth_left - 1)?;
+                } else {
+                    validate_array(body, depth_left - 1)?;
+                }
+            }
+            let value = if tag == b'F' {
+                FieldValue::Table(FieldTable(view(body)))
+            } else {
+                FieldValue::Array(FieldArray(view(body)))
+            };
+            Ok((rest, value))
+        }
+        _ => {
+            // Point at the tag itself.
+            let at = i.as_ptr() as usize - 1;
+            return Err(nom::Err::Error(WireError {
+                at,
+                kind: DecodeErrorKind::UnknownFieldType { tag },
+                context: "",
+            }));
+        }
+    }?;
+    Ok(value)
+}
+
+/// Checks that `body` is a well-formed sequence of table entries.
+fn validate_table(mut body: &[u8], depth_left: usize) -> Result<(), nom::Err<WireError>> {
+    while !body.is_empty() {
+        let (rest, key_len) = be_u8(body)?;
+        let (rest, _key) = take_len(rest, u64::from(key_len))?;
+        let (rest, _value) = field_value(None, rest, Nesting::Check(depth_left))?;
+        body = rest;
+    }
+    Ok(())
+}
+
+/// Checks that `body` is a well-formed sequence of array values.
+fn validate_array(mut body: &[u8], depth_left: usize) -> Result<(), nom::Err<WireError>> {
+    while !body.is_empty() {
+        let (rest, _value) = field_value(None, body, Nesting::Check(depth_left))?;
+        body = rest;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Tables and arrays.
+
+/// An AMQP field table: string keys mapped to [`FieldValue`]s.
+///
+/// Kept in its wire encoding (a zero-copy view of the frame for a received
+/// table), so receiving one costs nothing; reading decodes entries lazily and
+/// without allocating. Building one appends encoded entries. Equality is
+/// byte equality of the encodings, so a table round-trips bit for bit.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct FieldTable(Bytes);
+
+impl FieldTable {
+    /// An empty table.
+    pub const fn new() -> Self {
+        FieldTable(Bytes::new())
+    }
+
+    /// Checks and adopts the encoded entries of a table (without its 32-bit
+    /// length prefix).
+    pub fn from_encoded(entries: Bytes) -> Result<Self, crate::error::DecodeError> {
+        match validate_table(&entries, MAX_NESTING) {
+            Ok(()) => Ok(FieldTable(entries)),
+            Err(err) => Err(to_decode_error(err, &entries, "field table")),
+        }
+    }
+
+    /// The encoded entries, without the length prefix.
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Whether the table has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of entries (decodes the table).
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The entries in wire order. Keys and values are views of the table.
+    pub fn iter(&self) -> TableIter<'_> {
+        TableIter {
+            src: &self.0,
+            rest: &self.0,
+        }
+    }
+
+    /// The value of the first entry named `key`.
+    pub fn get(&self, key: &str) -> Option<FieldValue> {
+        self.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Whether an entry named `key` exists.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.iter().any(|(k, _)| k == key)
+    }
+
+    /// Sets `key` to `value`, replacing an entry of the same name. Fails only
+    /// when the key is longer than 255 bytes.
+    pub fn insert<K>(
+        &mut self,
+        key: K,
+        value: impl Into<FieldValue>,
+    ) -> Result<(), ShortStringTooLong>
+    where
+        K: TryInto<ShortString>,
+        K::Error: Into<ShortStringTooLong>,
+    {
+        let key = key.try_into().map_err(Into::into)?;
+        let value = value.into();
+        let mut out = BytesMut::with_capacity(self.0.len() + 1 + key.len() + value.encoded_len());
+        for (k, v) in self.iter() {
+            if k != key {
+                put_shortstr(&mut out, &k);
+                v.encode(&mut out);
+            }
+        }
+        put_shortstr(&mut out, &key);
+        value.encode(&mut out);
+        self.0 = out.freeze();
+        Ok(())
+    }
+
+    /// `insert` as a builder: `FieldTable::new().with("x-max-length", 10)?`.
+    pub fn with<K>(
+        mut self,
+        key: K,
+        value: impl Into<FieldValue>,
+    ) -> Result<Self, ShortStringTooLong>
+    where
+        K: TryInto<ShortString>,
+        K::Error: Into<ShortStringTooLong>,
+    {
+        self.insert(key, value)?;
+        Ok(self)
+    }
+
+    /// Removes the entry named `key` and returns its value.
+    pub fn remove(&mut self, key: &str) -> Option<FieldValue> {
+        let found = self.get(key)?;
+        let mut out = BytesMut::with_capacity(self.0.len());
+        for (k, v) in self.iter() {
+            if k != key {
+                put_shortstr(&mut out, &k);
+                v.encode(&mut out);
+            }
+        }
+        self.0 = out.freeze();
+        Some(found)
+    }
+}
+
+impl fmt::Debug for FieldTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Iterator over a [`FieldTable`]'s entries.
+pub struct TableIter<'a> {
+    src: &'a Bytes,
+    rest: &'a [u8],
+}
+
+impl Iterator for TableIter<'_> {
+    type Item = (ShortString, FieldValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        // The table was checked when it was built or parsed; a failure here
+        // cannot happen, and ends the iteration rather than panic.
+        let (rest, key) = shortstr(self.src, self.rest).ok()?;
+        let (rest, value) = field_value(Some(self.src), rest, Nesting::Trusted).ok()?;
+        self.rest = rest;
+        Some((key, value))
+    }
+}
+
+/// An AMQP field array: a sequence of [`FieldValue`]s, kept encoded like
+/// [`FieldTable`].
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct FieldArray(Bytes);
+
+impl FieldArray {
+    /// An empty array.
+    pub const fn new() -> Self {
+        FieldArray(Bytes::new())
+    }
+
+    /// Checks and adopts the encoded values of an array (without its length prefix).
+    pub fn from_encoded(values: Bytes) -> Result<Self, crate::error::DecodeError> {
+        match validate_array(&values, MAX_NESTING) {
+            Ok(()) => Ok(FieldArray(values)),
+            Err(err) => Err(to_decode_error(err, &values, "field array")),
+        }
+    }
+
+    /// The encoded values, without the length prefix.
+    pub fn encoded(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Whether the array is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Number of values (decodes the array).
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The values in order, as views of the array.
+    pub fn iter(&self) -> ArrayIter<'_> {
+        ArrayIter {
+            src: &self.0,
+            rest: &self.0,
+        }
+    }
+
+    /// Appends a value.
+    pub fn push(&mut self, value: impl Into<FieldValue>) {
+        let value = value.into();
+        let mut out = BytesMut::from(std::mem::take(&mut self.0));
+        value.encode(&mut out);
+        self.0 = out.freeze();
+    }
+}
+
+impl<V: Into<FieldValue>> FromIterator<V> for FieldArray {
+    fn from_iter<I: IntoIterator<Item = V>>(iter: I) -> Self {
+        let mut out = BytesMut::new();
+        for v in iter {
+            v.into().encode(&mut out);
+        }
+        FieldArray(out.freeze())
+    }
+}
+
+impl fmt::Debug for FieldArray {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// Iterator over a [`FieldArray`]'s values.
+pub struct ArrayIter<'a> {
+    src: &'a Bytes,
+    rest: &'a [u8],
+}
+
+impl Iterator for ArrayIter<'_> {
+    type Item = FieldValue;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        let (rest, value) = field_value(Some(self.src), self.rest, Nesting::Trusted).ok()?;
+        self.rest = rest;
+        Some(value)
+    }
+}
+
+impl From<std::convert::Infallible> for ShortStringTooLong {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}
+
+/// Turns a parser failure inside `input` into a [`crate::error::DecodeError`]
+/// whose offset counts from the start of `input`.
+pub(crate) fn to_decode_error(
+    err: nom::Err<WireError>,
+    input: &[u8],
+    default_context: &'static str,
+) -> crate::error::DecodeError {
+    let start = input.as_ptr() as usize;
+    let (at, kind, context) = match err {
+        nom::Err::Error(e) | nom::Err::Failure(e) => (e.at, e.kind, e.context),
+        nom::Err::Incomplete(_) => (start + input.len(), DecodeErrorKind::Truncated, ""),
+    };
+    crate::error::DecodeError {
+        offset: at.saturating_sub(start) as u64,
+        kind,
+        context: if context.is_empty() {
+            default_context
+        } else {
+            context
+        },
+    }
+}
