@@ -145,6 +145,10 @@ fn direction(method: &Method) -> &'static str {
     }
 }
 
+/// Lets fuzz targets and property tests build any method or property set.
+const ARBITRARY: &str =
+    "#[cfg_attr(any(test, feature = \"arbitrary\"), derive(arbitrary::Arbitrary))]";
+
 pub fn generate(spec: &Spec) -> String {
     let mut out = String::new();
     let o = &mut out;
@@ -158,6 +162,8 @@ pub fn generate(spec: &Spec) -> String {
          //! the spec XML: one struct per method, the [`Method`] enum over all of\n\
          //! them, [`BasicProperties`], and their nom parsers and `BufMut` encoders,\n\
          //! written from the same field lists so they cannot disagree.\n\
+         \n\
+         use std::fmt;\n\
          \n\
          use bytes::{{BufMut, Bytes}};\n\
          \n\
@@ -322,6 +328,16 @@ fn emit_method_ids(o: &mut String, spec: &Spec) {
         )
         .unwrap();
     }
+    writeln!(
+        o,
+        "\n/// Every method of the protocol, in class then method order.\n\
+         pub const ALL: &'static [MethodId] = &[{}];",
+        all.iter()
+            .map(|(c, m)| format!("MethodId::{}", id_const(c, m)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+    .unwrap();
     let arms = |f: &dyn Fn(&Class, &Method) -> Option<String>| {
         let mut s = String::new();
         for (c, m) in &all {
@@ -429,7 +445,11 @@ fn emit_method_struct(o: &mut String, class: &Class, method: &Method) {
     }
     doc.push('.');
     let fields: Vec<&Field> = method.fields.iter().filter(|f| !f.reserved).collect();
-    writeln!(o, "{doc}\n#[derive(Debug, Clone, Default, PartialEq, Eq)]").unwrap();
+    writeln!(
+        o,
+        "{doc}\n#[derive(Debug, Clone, Default, PartialEq, Eq)]\n{ARBITRARY}"
+    )
+    .unwrap();
     if fields.is_empty() {
         writeln!(o, "pub struct {name};\n").unwrap();
     } else {
@@ -589,7 +609,7 @@ fn emit_method_enum(o: &mut String, spec: &Spec) {
     writeln!(
         o,
         "/// Any AMQP 0-9-1 method with its arguments.\n\
-         #[derive(Debug, Clone, PartialEq, Eq)]\n\
+         #[derive(Debug, Clone, PartialEq, Eq)]\n{ARBITRARY}\n\
          pub enum Method {{"
     )
     .unwrap();
@@ -684,6 +704,34 @@ fn emit_method_enum(o: &mut String, spec: &Spec) {
          context: \"method\",\n}})),\n}}\n}}\n}}\n"
     )
     .unwrap();
+    writeln!(
+        o,
+        "/// `class.method` then `field=value` for each argument, as the spec\n\
+         /// names them: `basic.ack delivery-tag=1 multiple=false`.\n\
+         impl fmt::Display for Method {{\n\
+         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {{\n\
+         f.write_str(self.name())?;\nmatch self {{"
+    )
+    .unwrap();
+    for (c, m) in &all {
+        let fields: Vec<&Field> = m.fields.iter().filter(|f| !f.reserved).collect();
+        if fields.is_empty() {
+            writeln!(o, "Method::{}(_) => {{}}", struct_name(c, m)).unwrap();
+            continue;
+        }
+        writeln!(o, "Method::{}(m) => {{", struct_name(c, m)).unwrap();
+        for f in fields {
+            writeln!(
+                o,
+                "write!(f, \" {}={{:?}}\", m.{})?;",
+                f.name,
+                snake(&f.name)
+            )
+            .unwrap();
+        }
+        writeln!(o, "}}").unwrap();
+    }
+    writeln!(o, "}}\nOk(())\n}}\n}}\n").unwrap();
 }
 
 fn emit_properties(o: &mut String, class: &Class) {
@@ -698,7 +746,7 @@ fn emit_properties(o: &mut String, class: &Class) {
         o,
         "/// The content properties of class `{}` (the content header of {}).\n\
          /// Each is optional; the property-flags word says which are present.\n\
-         #[derive(Debug, Clone, Default, PartialEq, Eq)]\npub struct {name} {{",
+         #[derive(Debug, Clone, Default, PartialEq, Eq)]\n{ARBITRARY}\npub struct {name} {{",
         class.name,
         users.join(", ")
     )
@@ -817,5 +865,23 @@ fn emit_properties(o: &mut String, class: &Class) {
         )
         .unwrap();
     }
-    writeln!(o, "}}").unwrap();
+    writeln!(o, "}}\n").unwrap();
+    writeln!(
+        o,
+        "/// The present properties as `name=value`, separated by spaces.\n\
+         impl fmt::Display for {name} {{\n\
+         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {{\n\
+         let mut sep = \"\";"
+    )
+    .unwrap();
+    for f in &class.properties {
+        writeln!(
+            o,
+            "if let Some(v) = &self.{} {{ write!(f, \"{{sep}}{}={{v:?}}\")?; sep = \" \"; }}",
+            snake(&f.name),
+            f.name
+        )
+        .unwrap();
+    }
+    writeln!(o, "let _ = sep;\nOk(())\n}}\n}}").unwrap();
 }

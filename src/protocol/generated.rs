@@ -7,6 +7,8 @@
 //! them, [`BasicProperties`], and their nom parsers and `BufMut` encoders,
 //! written from the same field lists so they cannot disagree.
 
+use std::fmt;
+
 use bytes::{BufMut, Bytes};
 
 use super::value::{self, FieldTable, LongString, ShortString, WireError, WireResult};
@@ -503,6 +505,74 @@ impl MethodId {
         method_id: 11,
     };
 
+    /// Every method of the protocol, in class then method order.
+    pub const ALL: &'static [MethodId] = &[
+        MethodId::CONNECTION_START,
+        MethodId::CONNECTION_START_OK,
+        MethodId::CONNECTION_SECURE,
+        MethodId::CONNECTION_SECURE_OK,
+        MethodId::CONNECTION_TUNE,
+        MethodId::CONNECTION_TUNE_OK,
+        MethodId::CONNECTION_OPEN,
+        MethodId::CONNECTION_OPEN_OK,
+        MethodId::CONNECTION_CLOSE,
+        MethodId::CONNECTION_CLOSE_OK,
+        MethodId::CONNECTION_BLOCKED,
+        MethodId::CONNECTION_UNBLOCKED,
+        MethodId::CONNECTION_UPDATE_SECRET,
+        MethodId::CONNECTION_UPDATE_SECRET_OK,
+        MethodId::CHANNEL_OPEN,
+        MethodId::CHANNEL_OPEN_OK,
+        MethodId::CHANNEL_FLOW,
+        MethodId::CHANNEL_FLOW_OK,
+        MethodId::CHANNEL_CLOSE,
+        MethodId::CHANNEL_CLOSE_OK,
+        MethodId::EXCHANGE_DECLARE,
+        MethodId::EXCHANGE_DECLARE_OK,
+        MethodId::EXCHANGE_DELETE,
+        MethodId::EXCHANGE_DELETE_OK,
+        MethodId::EXCHANGE_BIND,
+        MethodId::EXCHANGE_BIND_OK,
+        MethodId::EXCHANGE_UNBIND,
+        MethodId::EXCHANGE_UNBIND_OK,
+        MethodId::QUEUE_DECLARE,
+        MethodId::QUEUE_DECLARE_OK,
+        MethodId::QUEUE_BIND,
+        MethodId::QUEUE_BIND_OK,
+        MethodId::QUEUE_UNBIND,
+        MethodId::QUEUE_UNBIND_OK,
+        MethodId::QUEUE_PURGE,
+        MethodId::QUEUE_PURGE_OK,
+        MethodId::QUEUE_DELETE,
+        MethodId::QUEUE_DELETE_OK,
+        MethodId::BASIC_QOS,
+        MethodId::BASIC_QOS_OK,
+        MethodId::BASIC_CONSUME,
+        MethodId::BASIC_CONSUME_OK,
+        MethodId::BASIC_CANCEL,
+        MethodId::BASIC_CANCEL_OK,
+        MethodId::BASIC_PUBLISH,
+        MethodId::BASIC_RETURN,
+        MethodId::BASIC_DELIVER,
+        MethodId::BASIC_GET,
+        MethodId::BASIC_GET_OK,
+        MethodId::BASIC_GET_EMPTY,
+        MethodId::BASIC_ACK,
+        MethodId::BASIC_REJECT,
+        MethodId::BASIC_RECOVER_ASYNC,
+        MethodId::BASIC_RECOVER,
+        MethodId::BASIC_RECOVER_OK,
+        MethodId::BASIC_NACK,
+        MethodId::TX_SELECT,
+        MethodId::TX_SELECT_OK,
+        MethodId::TX_COMMIT,
+        MethodId::TX_COMMIT_OK,
+        MethodId::TX_ROLLBACK,
+        MethodId::TX_ROLLBACK_OK,
+        MethodId::CONFIRM_SELECT,
+        MethodId::CONFIRM_SELECT_OK,
+    ];
+
     /// `class.method` as the spec names it, or `None` for an unknown pair.
     pub fn name(self) -> Option<&'static str> {
         Some(match (self.class_id, self.method_id) {
@@ -743,6 +813,7 @@ impl MethodId {
 
 /// `connection.start` (class 10, method 10). Sent by the server; answered by `connection.start-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionStart {
     /// `version-major` (octet).
     pub version_major: u8,
@@ -812,6 +883,7 @@ impl From<ConnectionStart> for Method {
 
 /// `connection.start-ok` (class 10, method 11). Sent by the client; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionStartOk {
     /// `client-properties` (table, domain `peer-properties`).
     pub client_properties: FieldTable,
@@ -875,6 +947,7 @@ impl From<ConnectionStartOk> for Method {
 
 /// `connection.secure` (class 10, method 20). Sent by the server; answered by `connection.secure-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionSecure {
     /// `challenge` (longstr).
     pub challenge: LongString,
@@ -909,6 +982,7 @@ impl From<ConnectionSecure> for Method {
 
 /// `connection.secure-ok` (class 10, method 21). Sent by the client; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionSecureOk {
     /// `response` (longstr).
     pub response: LongString,
@@ -943,6 +1017,7 @@ impl From<ConnectionSecureOk> for Method {
 
 /// `connection.tune` (class 10, method 30). Sent by the server; answered by `connection.tune-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionTune {
     /// `channel-max` (short).
     pub channel_max: u16,
@@ -994,6 +1069,7 @@ impl From<ConnectionTune> for Method {
 
 /// `connection.tune-ok` (class 10, method 31). Sent by the client; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionTuneOk {
     /// `channel-max` (short).
     pub channel_max: u16,
@@ -1045,6 +1121,7 @@ impl From<ConnectionTuneOk> for Method {
 
 /// `connection.open` (class 10, method 40). Sent by the client; answered by `connection.open-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionOpen {
     /// `virtual-host` (shortstr, domain `path`).
     pub virtual_host: ShortString,
@@ -1084,6 +1161,7 @@ impl From<ConnectionOpen> for Method {
 
 /// `connection.open-ok` (class 10, method 41). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionOpenOk;
 
 impl ConnectionOpenOk {
@@ -1115,6 +1193,7 @@ impl From<ConnectionOpenOk> for Method {
 
 /// `connection.close` (class 10, method 50). Sent by either peer; answered by `connection.close-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionClose {
     /// `reply-code` (short, domain `reply-code`).
     pub reply_code: u16,
@@ -1172,6 +1251,7 @@ impl From<ConnectionClose> for Method {
 
 /// `connection.close-ok` (class 10, method 51). Sent by either peer; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionCloseOk;
 
 impl ConnectionCloseOk {
@@ -1199,6 +1279,7 @@ impl From<ConnectionCloseOk> for Method {
 
 /// `connection.blocked` (class 10, method 60). Sent by either peer; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionBlocked {
     /// `reason` (shortstr).
     pub reason: ShortString,
@@ -1233,6 +1314,7 @@ impl From<ConnectionBlocked> for Method {
 
 /// `connection.unblocked` (class 10, method 61). Sent by either peer; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionUnblocked;
 
 impl ConnectionUnblocked {
@@ -1260,6 +1342,7 @@ impl From<ConnectionUnblocked> for Method {
 
 /// `connection.update-secret` (class 10, method 70). Sent by the client; answered by `connection.update-secret-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionUpdateSecret {
     /// `new-secret` (longstr).
     pub new_secret: LongString,
@@ -1299,6 +1382,7 @@ impl From<ConnectionUpdateSecret> for Method {
 
 /// `connection.update-secret-ok` (class 10, method 71). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConnectionUpdateSecretOk;
 
 impl ConnectionUpdateSecretOk {
@@ -1326,6 +1410,7 @@ impl From<ConnectionUpdateSecretOk> for Method {
 
 /// `channel.open` (class 20, method 10). Sent by the client; answered by `channel.open-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ChannelOpen;
 
 impl ChannelOpen {
@@ -1356,6 +1441,7 @@ impl From<ChannelOpen> for Method {
 
 /// `channel.open-ok` (class 20, method 11). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ChannelOpenOk;
 
 impl ChannelOpenOk {
@@ -1387,6 +1473,7 @@ impl From<ChannelOpenOk> for Method {
 
 /// `channel.flow` (class 20, method 20). Sent by either peer; answered by `channel.flow-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ChannelFlow {
     /// `active` (bit).
     pub active: bool,
@@ -1421,6 +1508,7 @@ impl From<ChannelFlow> for Method {
 
 /// `channel.flow-ok` (class 20, method 21). Sent by either peer; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ChannelFlowOk {
     /// `active` (bit).
     pub active: bool,
@@ -1455,6 +1543,7 @@ impl From<ChannelFlowOk> for Method {
 
 /// `channel.close` (class 20, method 40). Sent by either peer; answered by `channel.close-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ChannelClose {
     /// `reply-code` (short, domain `reply-code`).
     pub reply_code: u16,
@@ -1510,6 +1599,7 @@ impl From<ChannelClose> for Method {
 
 /// `channel.close-ok` (class 20, method 41). Sent by either peer; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ChannelCloseOk;
 
 impl ChannelCloseOk {
@@ -1537,6 +1627,7 @@ impl From<ChannelCloseOk> for Method {
 
 /// `exchange.declare` (class 40, method 10). Sent by the client; answered by `exchange.declare-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeDeclare {
     /// `exchange` (shortstr, domain `exchange-name`).
     pub exchange: ShortString,
@@ -1618,6 +1709,7 @@ impl From<ExchangeDeclare> for Method {
 
 /// `exchange.declare-ok` (class 40, method 11). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeDeclareOk;
 
 impl ExchangeDeclareOk {
@@ -1645,6 +1737,7 @@ impl From<ExchangeDeclareOk> for Method {
 
 /// `exchange.delete` (class 40, method 20). Sent by the client; answered by `exchange.delete-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeDelete {
     /// `exchange` (shortstr, domain `exchange-name`).
     pub exchange: ShortString,
@@ -1696,6 +1789,7 @@ impl From<ExchangeDelete> for Method {
 
 /// `exchange.delete-ok` (class 40, method 21). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeDeleteOk;
 
 impl ExchangeDeleteOk {
@@ -1723,6 +1817,7 @@ impl From<ExchangeDeleteOk> for Method {
 
 /// `exchange.bind` (class 40, method 30). Sent by the client; answered by `exchange.bind-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeBind {
     /// `destination` (shortstr, domain `exchange-name`).
     pub destination: ShortString,
@@ -1796,6 +1891,7 @@ impl From<ExchangeBind> for Method {
 
 /// `exchange.bind-ok` (class 40, method 31). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeBindOk;
 
 impl ExchangeBindOk {
@@ -1823,6 +1919,7 @@ impl From<ExchangeBindOk> for Method {
 
 /// `exchange.unbind` (class 40, method 40). Sent by the client; answered by `exchange.unbind-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeUnbind {
     /// `destination` (shortstr, domain `exchange-name`).
     pub destination: ShortString,
@@ -1896,6 +1993,7 @@ impl From<ExchangeUnbind> for Method {
 
 /// `exchange.unbind-ok` (class 40, method 51). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ExchangeUnbindOk;
 
 impl ExchangeUnbindOk {
@@ -1923,6 +2021,7 @@ impl From<ExchangeUnbindOk> for Method {
 
 /// `queue.declare` (class 50, method 10). Sent by the client; answered by `queue.declare-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueDeclare {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -1997,6 +2096,7 @@ impl From<QueueDeclare> for Method {
 
 /// `queue.declare-ok` (class 50, method 11). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueDeclareOk {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2048,6 +2148,7 @@ impl From<QueueDeclareOk> for Method {
 
 /// `queue.bind` (class 50, method 20). Sent by the client; answered by `queue.bind-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueBind {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2120,6 +2221,7 @@ impl From<QueueBind> for Method {
 
 /// `queue.bind-ok` (class 50, method 21). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueBindOk;
 
 impl QueueBindOk {
@@ -2147,6 +2249,7 @@ impl From<QueueBindOk> for Method {
 
 /// `queue.unbind` (class 50, method 50). Sent by the client; answered by `queue.unbind-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueUnbind {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2212,6 +2315,7 @@ impl From<QueueUnbind> for Method {
 
 /// `queue.unbind-ok` (class 50, method 51). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueUnbindOk;
 
 impl QueueUnbindOk {
@@ -2239,6 +2343,7 @@ impl From<QueueUnbindOk> for Method {
 
 /// `queue.purge` (class 50, method 30). Sent by the client; answered by `queue.purge-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueuePurge {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2279,6 +2384,7 @@ impl From<QueuePurge> for Method {
 
 /// `queue.purge-ok` (class 50, method 31). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueuePurgeOk {
     /// `message-count` (long, domain `message-count`).
     pub message_count: u32,
@@ -2313,6 +2419,7 @@ impl From<QueuePurgeOk> for Method {
 
 /// `queue.delete` (class 50, method 40). Sent by the client; answered by `queue.delete-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueDelete {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2371,6 +2478,7 @@ impl From<QueueDelete> for Method {
 
 /// `queue.delete-ok` (class 50, method 41). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct QueueDeleteOk {
     /// `message-count` (long, domain `message-count`).
     pub message_count: u32,
@@ -2405,6 +2513,7 @@ impl From<QueueDeleteOk> for Method {
 
 /// `basic.qos` (class 60, method 10). Sent by the client; answered by `basic.qos-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicQos {
     /// `prefetch-size` (long).
     pub prefetch_size: u32,
@@ -2456,6 +2565,7 @@ impl From<BasicQos> for Method {
 
 /// `basic.qos-ok` (class 60, method 11). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicQosOk;
 
 impl BasicQosOk {
@@ -2483,6 +2593,7 @@ impl From<BasicQosOk> for Method {
 
 /// `basic.consume` (class 60, method 20). Sent by the client; answered by `basic.consume-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicConsume {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2564,6 +2675,7 @@ impl From<BasicConsume> for Method {
 
 /// `basic.consume-ok` (class 60, method 21). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicConsumeOk {
     /// `consumer-tag` (shortstr, domain `consumer-tag`).
     pub consumer_tag: ShortString,
@@ -2598,6 +2710,7 @@ impl From<BasicConsumeOk> for Method {
 
 /// `basic.cancel` (class 60, method 30). Sent by either peer; answered by `basic.cancel-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicCancel {
     /// `consumer-tag` (shortstr, domain `consumer-tag`).
     pub consumer_tag: ShortString,
@@ -2643,6 +2756,7 @@ impl From<BasicCancel> for Method {
 
 /// `basic.cancel-ok` (class 60, method 31). Sent by either peer; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicCancelOk {
     /// `consumer-tag` (shortstr, domain `consumer-tag`).
     pub consumer_tag: ShortString,
@@ -2677,6 +2791,7 @@ impl From<BasicCancelOk> for Method {
 
 /// `basic.publish` (class 60, method 40). Sent by the client; asynchronous; carries content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicPublish {
     /// `exchange` (shortstr, domain `exchange-name`).
     pub exchange: ShortString,
@@ -2734,6 +2849,7 @@ impl From<BasicPublish> for Method {
 
 /// `basic.return` (class 60, method 50). Sent by the server; asynchronous; carries content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicReturn {
     /// `reply-code` (short, domain `reply-code`).
     pub reply_code: u16,
@@ -2791,6 +2907,7 @@ impl From<BasicReturn> for Method {
 
 /// `basic.deliver` (class 60, method 60). Sent by the server; asynchronous; carries content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicDeliver {
     /// `consumer-tag` (shortstr, domain `consumer-tag`).
     pub consumer_tag: ShortString,
@@ -2854,6 +2971,7 @@ impl From<BasicDeliver> for Method {
 
 /// `basic.get` (class 60, method 70). Sent by the client; answered by `basic.get-ok` or `basic.get-empty`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicGet {
     /// `queue` (shortstr, domain `queue-name`).
     pub queue: ShortString,
@@ -2894,6 +3012,7 @@ impl From<BasicGet> for Method {
 
 /// `basic.get-ok` (class 60, method 71). Sent by the server; a reply; carries content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicGetOk {
     /// `delivery-tag` (longlong, domain `delivery-tag`).
     pub delivery_tag: u64,
@@ -2957,6 +3076,7 @@ impl From<BasicGetOk> for Method {
 
 /// `basic.get-empty` (class 60, method 72). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicGetEmpty;
 
 impl BasicGetEmpty {
@@ -2988,6 +3108,7 @@ impl From<BasicGetEmpty> for Method {
 
 /// `basic.ack` (class 60, method 80). Sent by either peer; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicAck {
     /// `delivery-tag` (longlong, domain `delivery-tag`).
     pub delivery_tag: u64,
@@ -3033,6 +3154,7 @@ impl From<BasicAck> for Method {
 
 /// `basic.reject` (class 60, method 90). Sent by the client; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicReject {
     /// `delivery-tag` (longlong, domain `delivery-tag`).
     pub delivery_tag: u64,
@@ -3078,6 +3200,7 @@ impl From<BasicReject> for Method {
 
 /// `basic.recover-async` (class 60, method 100). Sent by the client; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicRecoverAsync {
     /// `requeue` (bit).
     pub requeue: bool,
@@ -3112,6 +3235,7 @@ impl From<BasicRecoverAsync> for Method {
 
 /// `basic.recover` (class 60, method 110). Sent by the client; answered by `basic.recover-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicRecover {
     /// `requeue` (bit).
     pub requeue: bool,
@@ -3146,6 +3270,7 @@ impl From<BasicRecover> for Method {
 
 /// `basic.recover-ok` (class 60, method 111). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicRecoverOk;
 
 impl BasicRecoverOk {
@@ -3173,6 +3298,7 @@ impl From<BasicRecoverOk> for Method {
 
 /// `basic.nack` (class 60, method 120). Sent by either peer; asynchronous.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicNack {
     /// `delivery-tag` (longlong, domain `delivery-tag`).
     pub delivery_tag: u64,
@@ -3222,6 +3348,7 @@ impl From<BasicNack> for Method {
 
 /// `tx.select` (class 90, method 10). Sent by the client; answered by `tx.select-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct TxSelect;
 
 impl TxSelect {
@@ -3249,6 +3376,7 @@ impl From<TxSelect> for Method {
 
 /// `tx.select-ok` (class 90, method 11). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct TxSelectOk;
 
 impl TxSelectOk {
@@ -3276,6 +3404,7 @@ impl From<TxSelectOk> for Method {
 
 /// `tx.commit` (class 90, method 20). Sent by the client; answered by `tx.commit-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct TxCommit;
 
 impl TxCommit {
@@ -3303,6 +3432,7 @@ impl From<TxCommit> for Method {
 
 /// `tx.commit-ok` (class 90, method 21). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct TxCommitOk;
 
 impl TxCommitOk {
@@ -3330,6 +3460,7 @@ impl From<TxCommitOk> for Method {
 
 /// `tx.rollback` (class 90, method 30). Sent by the client; answered by `tx.rollback-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct TxRollback;
 
 impl TxRollback {
@@ -3357,6 +3488,7 @@ impl From<TxRollback> for Method {
 
 /// `tx.rollback-ok` (class 90, method 31). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct TxRollbackOk;
 
 impl TxRollbackOk {
@@ -3384,6 +3516,7 @@ impl From<TxRollbackOk> for Method {
 
 /// `confirm.select` (class 85, method 10). Sent by the client; answered by `confirm.select-ok`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConfirmSelect {
     /// `nowait` (bit).
     pub nowait: bool,
@@ -3418,6 +3551,7 @@ impl From<ConfirmSelect> for Method {
 
 /// `confirm.select-ok` (class 85, method 11). Sent by the server; a reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct ConfirmSelectOk;
 
 impl ConfirmSelectOk {
@@ -3445,6 +3579,7 @@ impl From<ConfirmSelectOk> for Method {
 
 /// Any AMQP 0-9-1 method with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub enum Method {
     /// `connection.start`.
     ConnectionStart(ConnectionStart),
@@ -4003,9 +4138,249 @@ impl Method {
     }
 }
 
+/// `class.method` then `field=value` for each argument, as the spec
+/// names them: `basic.ack delivery-tag=1 multiple=false`.
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            Method::ConnectionStart(m) => {
+                write!(f, " version-major={:?}", m.version_major)?;
+                write!(f, " version-minor={:?}", m.version_minor)?;
+                write!(f, " server-properties={:?}", m.server_properties)?;
+                write!(f, " mechanisms={:?}", m.mechanisms)?;
+                write!(f, " locales={:?}", m.locales)?;
+            }
+            Method::ConnectionStartOk(m) => {
+                write!(f, " client-properties={:?}", m.client_properties)?;
+                write!(f, " mechanism={:?}", m.mechanism)?;
+                write!(f, " response={:?}", m.response)?;
+                write!(f, " locale={:?}", m.locale)?;
+            }
+            Method::ConnectionSecure(m) => {
+                write!(f, " challenge={:?}", m.challenge)?;
+            }
+            Method::ConnectionSecureOk(m) => {
+                write!(f, " response={:?}", m.response)?;
+            }
+            Method::ConnectionTune(m) => {
+                write!(f, " channel-max={:?}", m.channel_max)?;
+                write!(f, " frame-max={:?}", m.frame_max)?;
+                write!(f, " heartbeat={:?}", m.heartbeat)?;
+            }
+            Method::ConnectionTuneOk(m) => {
+                write!(f, " channel-max={:?}", m.channel_max)?;
+                write!(f, " frame-max={:?}", m.frame_max)?;
+                write!(f, " heartbeat={:?}", m.heartbeat)?;
+            }
+            Method::ConnectionOpen(m) => {
+                write!(f, " virtual-host={:?}", m.virtual_host)?;
+            }
+            Method::ConnectionOpenOk(_) => {}
+            Method::ConnectionClose(m) => {
+                write!(f, " reply-code={:?}", m.reply_code)?;
+                write!(f, " reply-text={:?}", m.reply_text)?;
+                write!(f, " class-id={:?}", m.class_id)?;
+                write!(f, " method-id={:?}", m.method_id)?;
+            }
+            Method::ConnectionCloseOk(_) => {}
+            Method::ConnectionBlocked(m) => {
+                write!(f, " reason={:?}", m.reason)?;
+            }
+            Method::ConnectionUnblocked(_) => {}
+            Method::ConnectionUpdateSecret(m) => {
+                write!(f, " new-secret={:?}", m.new_secret)?;
+                write!(f, " reason={:?}", m.reason)?;
+            }
+            Method::ConnectionUpdateSecretOk(_) => {}
+            Method::ChannelOpen(_) => {}
+            Method::ChannelOpenOk(_) => {}
+            Method::ChannelFlow(m) => {
+                write!(f, " active={:?}", m.active)?;
+            }
+            Method::ChannelFlowOk(m) => {
+                write!(f, " active={:?}", m.active)?;
+            }
+            Method::ChannelClose(m) => {
+                write!(f, " reply-code={:?}", m.reply_code)?;
+                write!(f, " reply-text={:?}", m.reply_text)?;
+                write!(f, " class-id={:?}", m.class_id)?;
+                write!(f, " method-id={:?}", m.method_id)?;
+            }
+            Method::ChannelCloseOk(_) => {}
+            Method::ExchangeDeclare(m) => {
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " type={:?}", m.kind)?;
+                write!(f, " passive={:?}", m.passive)?;
+                write!(f, " durable={:?}", m.durable)?;
+                write!(f, " auto-delete={:?}", m.auto_delete)?;
+                write!(f, " internal={:?}", m.internal)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::ExchangeDeclareOk(_) => {}
+            Method::ExchangeDelete(m) => {
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " if-unused={:?}", m.if_unused)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+            }
+            Method::ExchangeDeleteOk(_) => {}
+            Method::ExchangeBind(m) => {
+                write!(f, " destination={:?}", m.destination)?;
+                write!(f, " source={:?}", m.source)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::ExchangeBindOk(_) => {}
+            Method::ExchangeUnbind(m) => {
+                write!(f, " destination={:?}", m.destination)?;
+                write!(f, " source={:?}", m.source)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::ExchangeUnbindOk(_) => {}
+            Method::QueueDeclare(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " passive={:?}", m.passive)?;
+                write!(f, " durable={:?}", m.durable)?;
+                write!(f, " exclusive={:?}", m.exclusive)?;
+                write!(f, " auto-delete={:?}", m.auto_delete)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::QueueDeclareOk(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " message-count={:?}", m.message_count)?;
+                write!(f, " consumer-count={:?}", m.consumer_count)?;
+            }
+            Method::QueueBind(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::QueueBindOk(_) => {}
+            Method::QueueUnbind(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::QueueUnbindOk(_) => {}
+            Method::QueuePurge(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+            }
+            Method::QueuePurgeOk(m) => {
+                write!(f, " message-count={:?}", m.message_count)?;
+            }
+            Method::QueueDelete(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " if-unused={:?}", m.if_unused)?;
+                write!(f, " if-empty={:?}", m.if_empty)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+            }
+            Method::QueueDeleteOk(m) => {
+                write!(f, " message-count={:?}", m.message_count)?;
+            }
+            Method::BasicQos(m) => {
+                write!(f, " prefetch-size={:?}", m.prefetch_size)?;
+                write!(f, " prefetch-count={:?}", m.prefetch_count)?;
+                write!(f, " global={:?}", m.global)?;
+            }
+            Method::BasicQosOk(_) => {}
+            Method::BasicConsume(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " consumer-tag={:?}", m.consumer_tag)?;
+                write!(f, " no-local={:?}", m.no_local)?;
+                write!(f, " no-ack={:?}", m.no_ack)?;
+                write!(f, " exclusive={:?}", m.exclusive)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+                write!(f, " arguments={:?}", m.arguments)?;
+            }
+            Method::BasicConsumeOk(m) => {
+                write!(f, " consumer-tag={:?}", m.consumer_tag)?;
+            }
+            Method::BasicCancel(m) => {
+                write!(f, " consumer-tag={:?}", m.consumer_tag)?;
+                write!(f, " no-wait={:?}", m.no_wait)?;
+            }
+            Method::BasicCancelOk(m) => {
+                write!(f, " consumer-tag={:?}", m.consumer_tag)?;
+            }
+            Method::BasicPublish(m) => {
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+                write!(f, " mandatory={:?}", m.mandatory)?;
+                write!(f, " immediate={:?}", m.immediate)?;
+            }
+            Method::BasicReturn(m) => {
+                write!(f, " reply-code={:?}", m.reply_code)?;
+                write!(f, " reply-text={:?}", m.reply_text)?;
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+            }
+            Method::BasicDeliver(m) => {
+                write!(f, " consumer-tag={:?}", m.consumer_tag)?;
+                write!(f, " delivery-tag={:?}", m.delivery_tag)?;
+                write!(f, " redelivered={:?}", m.redelivered)?;
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+            }
+            Method::BasicGet(m) => {
+                write!(f, " queue={:?}", m.queue)?;
+                write!(f, " no-ack={:?}", m.no_ack)?;
+            }
+            Method::BasicGetOk(m) => {
+                write!(f, " delivery-tag={:?}", m.delivery_tag)?;
+                write!(f, " redelivered={:?}", m.redelivered)?;
+                write!(f, " exchange={:?}", m.exchange)?;
+                write!(f, " routing-key={:?}", m.routing_key)?;
+                write!(f, " message-count={:?}", m.message_count)?;
+            }
+            Method::BasicGetEmpty(_) => {}
+            Method::BasicAck(m) => {
+                write!(f, " delivery-tag={:?}", m.delivery_tag)?;
+                write!(f, " multiple={:?}", m.multiple)?;
+            }
+            Method::BasicReject(m) => {
+                write!(f, " delivery-tag={:?}", m.delivery_tag)?;
+                write!(f, " requeue={:?}", m.requeue)?;
+            }
+            Method::BasicRecoverAsync(m) => {
+                write!(f, " requeue={:?}", m.requeue)?;
+            }
+            Method::BasicRecover(m) => {
+                write!(f, " requeue={:?}", m.requeue)?;
+            }
+            Method::BasicRecoverOk(_) => {}
+            Method::BasicNack(m) => {
+                write!(f, " delivery-tag={:?}", m.delivery_tag)?;
+                write!(f, " multiple={:?}", m.multiple)?;
+                write!(f, " requeue={:?}", m.requeue)?;
+            }
+            Method::TxSelect(_) => {}
+            Method::TxSelectOk(_) => {}
+            Method::TxCommit(_) => {}
+            Method::TxCommitOk(_) => {}
+            Method::TxRollback(_) => {}
+            Method::TxRollbackOk(_) => {}
+            Method::ConfirmSelect(m) => {
+                write!(f, " nowait={:?}", m.nowait)?;
+            }
+            Method::ConfirmSelectOk(_) => {}
+        }
+        Ok(())
+    }
+}
+
 /// The content properties of class `basic` (the content header of `basic.publish`, `basic.return`, `basic.deliver`, `basic.get-ok`).
 /// Each is optional; the property-flags word says which are present.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicProperties {
     /// `content-type` (shortstr).
     pub content_type: Option<ShortString>,
@@ -4364,5 +4739,70 @@ impl BasicProperties {
     pub fn with_reserved(mut self, value: ShortString) -> Self {
         self.reserved = Some(value);
         self
+    }
+}
+
+/// The present properties as `name=value`, separated by spaces.
+impl fmt::Display for BasicProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(v) = &self.content_type {
+            write!(f, "{sep}content-type={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.content_encoding {
+            write!(f, "{sep}content-encoding={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.headers {
+            write!(f, "{sep}headers={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.delivery_mode {
+            write!(f, "{sep}delivery-mode={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.priority {
+            write!(f, "{sep}priority={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.correlation_id {
+            write!(f, "{sep}correlation-id={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.reply_to {
+            write!(f, "{sep}reply-to={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.expiration {
+            write!(f, "{sep}expiration={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.message_id {
+            write!(f, "{sep}message-id={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.timestamp {
+            write!(f, "{sep}timestamp={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.kind {
+            write!(f, "{sep}type={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.user_id {
+            write!(f, "{sep}user-id={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.app_id {
+            write!(f, "{sep}app-id={v:?}")?;
+            sep = " ";
+        }
+        if let Some(v) = &self.reserved {
+            write!(f, "{sep}reserved={v:?}")?;
+            sep = " ";
+        }
+        let _ = sep;
+        Ok(())
     }
 }

@@ -10,6 +10,9 @@ pub mod frame;
 pub mod generated;
 pub mod value;
 
+#[cfg(test)]
+mod tests;
+
 pub use frame::{
     encode_message, ContentHeader, Decoded, Frame, FrameDecoder, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
     PROTOCOL_HEADER,

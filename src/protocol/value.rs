@@ -891,3 +891,98 @@ pub(crate) fn to_decode_error(
         },
     }
 }
+
+/// `Arbitrary` for the value types, so fuzz targets and property tests can
+/// build any method, property set or table (enabled by the `arbitrary`
+/// feature and in warren's own tests).
+#[cfg(any(test, feature = "arbitrary"))]
+mod arbitrary_impls {
+    use arbitrary::{Arbitrary, Result, Unstructured};
+    use bytes::{Bytes, BytesMut};
+
+    use super::{Decimal, FieldArray, FieldTable, FieldValue, LongString, ShortString};
+
+    /// Nesting depth of generated tables and arrays: enough to exercise
+    /// recursion, well inside [`super::MAX_NESTING`].
+    const DEPTH: usize = 4;
+
+    impl<'a> Arbitrary<'a> for ShortString {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            let len = u.int_in_range(0..=ShortString::MAX_LEN)?.min(u.len());
+            Ok(ShortString(Bytes::copy_from_slice(u.bytes(len)?)))
+        }
+    }
+
+    impl<'a> Arbitrary<'a> for LongString {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            Ok(LongString(Bytes::from(Vec::<u8>::arbitrary(u)?)))
+        }
+    }
+
+    impl<'a> Arbitrary<'a> for Decimal {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            Ok(Decimal {
+                scale: u.arbitrary()?,
+                value: u.arbitrary()?,
+            })
+        }
+    }
+
+    fn value(u: &mut Unstructured<'_>, depth: usize) -> Result<FieldValue> {
+        Ok(match u.int_in_range(0u8..=17)? {
+            0 => FieldValue::Bool(u.arbitrary()?),
+            1 => FieldValue::I8(u.arbitrary()?),
+            2 => FieldValue::U8(u.arbitrary()?),
+            3 => FieldValue::I16(u.arbitrary()?),
+            4 => FieldValue::U16(u.arbitrary()?),
+            5 => FieldValue::I32(u.arbitrary()?),
+            6 => FieldValue::U32(u.arbitrary()?),
+            7 => FieldValue::I64(u.arbitrary()?),
+            8 => FieldValue::U64(u.arbitrary()?),
+            9 => FieldValue::F32(u.arbitrary()?),
+            10 => FieldValue::F64(u.arbitrary()?),
+            11 => FieldValue::Decimal(u.arbitrary()?),
+            12 => FieldValue::LongString(u.arbitrary()?),
+            13 => FieldValue::ByteArray(Bytes::from(Vec::<u8>::arbitrary(u)?)),
+            14 => FieldValue::Timestamp(u.arbitrary()?),
+            15 if depth > 0 => FieldValue::Table(table(u, depth - 1)?),
+            16 if depth > 0 => FieldValue::Array(array(u, depth - 1)?),
+            _ => FieldValue::Void,
+        })
+    }
+
+    fn table(u: &mut Unstructured<'_>, depth: usize) -> Result<FieldTable> {
+        let mut out = BytesMut::new();
+        while !u.is_empty() && u.arbitrary::<u8>()? % 4 != 0 {
+            super::put_shortstr(&mut out, &ShortString::arbitrary(u)?);
+            value(u, depth)?.encode(&mut out);
+        }
+        Ok(FieldTable(out.freeze()))
+    }
+
+    fn array(u: &mut Unstructured<'_>, depth: usize) -> Result<FieldArray> {
+        let mut out = BytesMut::new();
+        while !u.is_empty() && u.arbitrary::<u8>()? % 4 != 0 {
+            value(u, depth)?.encode(&mut out);
+        }
+        Ok(FieldArray(out.freeze()))
+    }
+
+    impl<'a> Arbitrary<'a> for FieldValue {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            value(u, DEPTH)
+        }
+    }
+
+    impl<'a> Arbitrary<'a> for FieldTable {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            table(u, DEPTH)
+        }
+    }
+
+    impl<'a> Arbitrary<'a> for FieldArray {
+        fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
+            array(u, DEPTH)
+        }
+    }
+}
