@@ -1,13 +1,208 @@
 //! Errors. This module owns every error type warren returns; it never decides
 //! what to do about one (the session and the facades do).
 //!
-//! Today it holds the codec's [`DecodeError`]: what the parser found wrong in
-//! bytes that came off the wire, where, and which AMQP reply code a peer that
-//! received them must close the connection with.
+//! [`Error`] is what every public operation fails with. [`DecodeError`] is
+//! the codec's account of malformed bytes: what was wrong, where, and which
+//! reply code the connection must be closed with.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::protocol::generated::ReplyCode;
+
+/// Why an operation failed. Cheap to clone: when a connection dies, every
+/// handle on it sees the same error.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The socket failed (connect refused, reset, ...). The connection is
+    /// gone; open a new one (after a pause, if the broker restarts).
+    Io(Arc<std::io::Error>),
+    /// The peer sent bytes that are not valid AMQP 0-9-1. warren closed the
+    /// connection with the matching reply code; this is a broker (or
+    /// network) fault worth reporting.
+    Protocol(DecodeError),
+    /// The peer broke the protocol's rules with well-formed frames (a frame
+    /// on a channel that is not open, a reply nobody asked for...). warren
+    /// closed the connection with `code`.
+    ProtocolViolation {
+        /// The reply code warren closed the connection with.
+        code: ReplyCode,
+        /// What happened.
+        text: String,
+    },
+    /// The connection was closed by the broker (or by warren, for a fault
+    /// on the broker's side) with a connection exception. Every channel on it
+    /// is closed; open a new connection.
+    ConnectionClosed {
+        /// Reply code, e.g. 320 CONNECTION_FORCED or 530 NOT_ALLOWED.
+        code: u16,
+        /// The broker's explanation.
+        text: String,
+        /// Class of the method that caused it (0 if none).
+        class_id: u16,
+        /// Method that caused it (0 if none).
+        method_id: u16,
+    },
+    /// The channel was closed by the broker with a channel exception: 403
+    /// ACCESS_REFUSED, 404 NOT_FOUND, 405 RESOURCE_LOCKED, 406
+    /// PRECONDITION_FAILED... The connection and its other channels go on;
+    /// open a new channel to continue.
+    ChannelClosed {
+        /// Reply code.
+        code: u16,
+        /// The broker's explanation.
+        text: String,
+        /// Class of the method that caused it (0 if none).
+        class_id: u16,
+        /// Method that caused it (0 if none).
+        method_id: u16,
+    },
+    /// The broker refused the credentials (or the mechanism). Check the user
+    /// name, password and vhost permissions.
+    Auth {
+        /// Why, as far as the broker said.
+        text: String,
+    },
+    /// The broker speaks another protocol version (it answered our header
+    /// with its own).
+    UnsupportedProtocol {
+        /// The header the broker sent.
+        header: [u8; 8],
+    },
+    /// An operation did not complete in time. The connection may still be
+    /// usable; for a handshake timeout it was closed.
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// The limit that was exceeded.
+        after: Duration,
+    },
+    /// Nothing was heard from the broker for two heartbeat intervals: the
+    /// peer or the network is dead. The connection was closed.
+    MissedHeartbeats {
+        /// The negotiated heartbeat interval.
+        interval: Duration,
+    },
+    /// The application closed the connection (or the channel) this handle
+    /// belongs to.
+    Closed,
+    /// All channel numbers up to the negotiated channel_max are in use.
+    /// Close channels you no longer need.
+    ChannelMaxReached {
+        /// The negotiated limit.
+        channel_max: u16,
+    },
+    /// An argument can't be sent as given (a name over 255 bytes, a bad URI,
+    /// a delivery tag already acknowledged...). Nothing was sent.
+    InvalidArgument(String),
+    /// The broker cancelled the consumer (its queue was deleted, or the node
+    /// holding it went away). Consume again, perhaps from another queue.
+    ConsumerCancelled {
+        /// The consumer's tag.
+        consumer_tag: String,
+    },
+}
+
+impl Error {
+    /// The AMQP reply code behind the error, when there is one.
+    pub fn reply_code(&self) -> Option<u16> {
+        match self {
+            Error::ConnectionClosed { code, .. } | Error::ChannelClosed { code, .. } => Some(*code),
+            Error::Protocol(e) => Some(e.reply_code().code()),
+            Error::ProtocolViolation { code, .. } => Some(code.code()),
+            Error::Auth { .. } => Some(ReplyCode::AccessRefused.code()),
+            _ => None,
+        }
+    }
+
+    /// Whether the connection this error came from is gone (as opposed to
+    /// one channel, or one call).
+    pub fn is_connection_error(&self) -> bool {
+        !matches!(
+            self,
+            Error::ChannelClosed { .. }
+                | Error::Timeout { .. }
+                | Error::ChannelMaxReached { .. }
+                | Error::InvalidArgument(_)
+                | Error::ConsumerCancelled { .. }
+        )
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = |code: u16| ReplyCode::from_code(code).map_or("UNKNOWN", ReplyCode::name);
+        match self {
+            Error::Io(e) => write!(f, "I/O error: {e}"),
+            Error::Protocol(e) => write!(f, "malformed input from the broker: {e} (at byte {})", e.offset),
+            Error::ProtocolViolation { code, text } => {
+                write!(f, "protocol violation by the broker ({} {}): {text}", code.code(), code.name())
+            }
+            Error::ConnectionClosed { code, text, class_id, method_id } => write!(
+                f,
+                "connection closed: {code} {}: {text} (class {class_id}, method {method_id})",
+                name(*code)
+            ),
+            Error::ChannelClosed { code, text, class_id, method_id } => write!(
+                f,
+                "channel closed: {code} {}: {text} (class {class_id}, method {method_id})",
+                name(*code)
+            ),
+            Error::Auth { text } => write!(f, "authentication failed: {text}"),
+            Error::UnsupportedProtocol { header } => write!(
+                f,
+                "the broker does not speak AMQP 0-9-1; it offered {}-{}-{}",
+                header[5], header[6], header[7]
+            ),
+            Error::Timeout { operation, after } => write!(f, "{operation} timed out after {after:?}"),
+            Error::MissedHeartbeats { interval } => write!(
+                f,
+                "no heartbeat from the broker for two intervals of {interval:?}: connection considered dead"
+            ),
+            Error::Closed => f.write_str("closed by the application"),
+            Error::ChannelMaxReached { channel_max } => {
+                write!(f, "all {channel_max} channel numbers are in use")
+            }
+            Error::InvalidArgument(text) => write!(f, "invalid argument: {text}"),
+            Error::ConsumerCancelled { consumer_tag } => {
+                write!(f, "consumer {consumer_tag} was cancelled by the broker")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(&**e),
+            Error::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(Arc::new(e))
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        Error::Protocol(e)
+    }
+}
+
+impl From<crate::protocol::ShortStringTooLong> for Error {
+    fn from(e: crate::protocol::ShortStringTooLong) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+/// `Result` with warren's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Bytes from the peer that do not form valid AMQP 0-9-1.
 ///

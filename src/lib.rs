@@ -30,8 +30,19 @@
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
+// Message properties (14 optional fields held inline) make every enum that
+// carries a message large; boxing them would cost an allocation per message,
+// which the delivery path avoids.
+#![allow(clippy::large_enum_variant)]
 
+pub mod blocking;
 pub mod error;
+pub mod options;
 pub mod protocol;
+mod reactor;
+mod session;
+pub mod uri;
 
-pub use error::{DecodeError, DecodeErrorKind};
+pub use error::{DecodeError, DecodeErrorKind, Error, Result};
+pub use session::{Confirmation, Delivery, ReturnedMessage};
+pub use uri::{AuthMechanism, ConnectionConfig};

@@ -26,9 +26,6 @@ pub const FRAME_OVERHEAD: usize = FRAME_HEADER_SIZE + 1;
 
 /// One AMQP frame. Strings, tables and body payloads in it are views of the
 /// buffer it was decoded from.
-// A header frame's properties make it the large variant; boxing them would
-// cost an allocation per message, which the receive path avoids.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Frame {
     /// A method frame.
@@ -171,7 +168,6 @@ pub fn encode_message(
 }
 
 /// What [`FrameDecoder::decode`] found at the head of the buffer.
-#[allow(clippy::large_enum_variant)] // see `Frame`
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoded {
     /// A complete frame, removed from the buffer.

@@ -1,0 +1,396 @@
+//! The I/O driver: one mio event loop thread per connection. The only place
+//! with sockets, threads and clocks; all protocol decisions are the
+//! session's.
+//!
+//! Each turn: read everything the socket has into one buffer and hand it to
+//! the session; take every queued command; fire timers; hand the session's
+//! events to the waiting handles (deliveries in one batch per consumer); and
+//! write everything produced in the turn with as few writes as the socket
+//! allows.
+
+pub(crate) mod handle;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use self::handle::{lock, ChannelShared, Completion, ConnectionEvent, ConsumerQueue, Shared};
+use crate::error::Error;
+use crate::protocol::FieldTable;
+use crate::session::{Command, Delivery, Event, Reply, Session};
+use crate::uri::ConnectionConfig;
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// Bytes reserved for each read: one read can take many frames.
+const READ_CHUNK: usize = 128 * 1024;
+
+type Cmd = Command<Arc<Completion>, Arc<ConsumerQueue>>;
+
+/// A connected, handshaken connection's reactor, as seen by its opener.
+pub(crate) struct Started {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+    pub(crate) server_properties: FieldTable,
+    pub(crate) channel_max: u16,
+    pub(crate) frame_max: u32,
+    pub(crate) heartbeat: u16,
+}
+
+/// Opens the TCP connection (trying each resolved address within the
+/// connection timeout), starts the reactor thread and waits for the AMQP
+/// handshake to finish.
+pub(crate) fn start(config: ConnectionConfig) -> Result<Started, Error> {
+    if config.tls {
+        return Err(Error::InvalidArgument(
+            "amqps:// (TLS) is not supported yet; use amqp://".into(),
+        ));
+    }
+    let deadline = Instant::now() + config.connection_timeout;
+    let stream = connect(&config.host, config.port, config.connection_timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    let stream = TcpStream::from_std(stream);
+
+    let poll = Poll::new()?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)?;
+    let shared = Arc::new(Shared::new(waker));
+    let connected = Completion::new();
+    let timeout = config.connection_timeout;
+    let reactor = Reactor::new(config, poll, stream, shared.clone(), connected.clone())?;
+    let thread = std::thread::Builder::new()
+        .name("warren-reactor".into())
+        .spawn(move || reactor.run())?;
+    // The session enforces the handshake timeout itself; this is a backstop.
+    let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    match connected.wait(Some(wait.max(timeout)), "connection handshake") {
+        Ok(_) => {}
+        Err(e) => {
+            let _ = thread.join();
+            return Err(e);
+        }
+    }
+    let info = lock(&shared.info)
+        .take()
+        .expect("set before the handshake completes");
+    Ok(Started {
+        shared,
+        thread,
+        server_properties: info.server_properties,
+        channel_max: info.channel_max,
+        frame_max: info.frame_max,
+        heartbeat: info.heartbeat,
+    })
+}
+
+fn connect(host: &str, port: u16, timeout: Duration) -> Result<StdTcpStream, Error> {
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    let mut last = io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{host} resolves to no address"),
+    );
+    for addr in addrs {
+        match StdTcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = io::Error::new(e.kind(), format!("connecting to {addr}: {e}")),
+        }
+    }
+    Err(last.into())
+}
+
+/// What the handshake negotiated, passed from the reactor to the opener.
+pub(crate) struct HandshakeInfo {
+    pub(crate) server_properties: FieldTable,
+    pub(crate) channel_max: u16,
+    pub(crate) frame_max: u32,
+    pub(crate) heartbeat: u16,
+}
+
+struct Reactor {
+    poll: Poll,
+    socket: TcpStream,
+    session: Session<Arc<Completion>, Arc<ConsumerQueue>>,
+    shared: Arc<Shared>,
+    connected: Option<Arc<Completion>>,
+    read_buf: BytesMut,
+    commands: Vec<Cmd>,
+    /// Deliveries of this turn, handed over per consumer at its end.
+    deliveries: Vec<(Arc<ConsumerQueue>, Delivery)>,
+    writable_interest: bool,
+}
+
+impl Reactor {
+    fn new(
+        config: ConnectionConfig,
+        poll: Poll,
+        mut socket: TcpStream,
+        shared: Arc<Shared>,
+        connected: Arc<Completion>,
+    ) -> io::Result<Self> {
+        poll.registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            socket,
+            session: Session::new(config, Instant::now()),
+            shared,
+            connected: Some(connected),
+            read_buf: BytesMut::with_capacity(READ_CHUNK),
+            commands: Vec::new(),
+            deliveries: Vec::new(),
+            writable_interest: false,
+        })
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(16);
+        loop {
+            self.flush();
+            self.dispatch();
+            if self.session.is_closed() && self.session.poll_transmit().is_none() {
+                break;
+            }
+            let timeout = self
+                .session
+                .poll_timeout()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.session.handle_eof(Some(e), Instant::now());
+                continue;
+            }
+            let now = Instant::now();
+            let readable = events
+                .iter()
+                .any(|e| e.token() == SOCKET && (e.is_readable() || e.is_read_closed()));
+            if readable {
+                self.read(now);
+            }
+            if !self.session.is_closed() {
+                self.shared.take_commands(&mut self.commands);
+                for command in self.commands.drain(..) {
+                    self.session.handle_command(command, now);
+                }
+            }
+            if self.session.poll_timeout().is_some_and(|t| t <= now) {
+                self.session.handle_timeout(now);
+            }
+        }
+        self.dispatch();
+        self.shutdown();
+    }
+
+    /// Reads until the socket would block, then lets the session take
+    /// every complete frame.
+    fn read(&mut self, now: Instant) {
+        let mut got_any = false;
+        loop {
+            let len = self.read_buf.len();
+            if self.read_buf.capacity() - len < READ_CHUNK / 2 {
+                self.read_buf.reserve(READ_CHUNK);
+            }
+            let spare = (self.read_buf.capacity() - len).min(READ_CHUNK);
+            self.read_buf.resize(len + spare, 0);
+            match self.socket.read(&mut self.read_buf[len..]) {
+                Ok(0) => {
+                    self.read_buf.truncate(len);
+                    if got_any {
+                        self.session.handle_bytes(&mut self.read_buf, now);
+                    }
+                    self.session.handle_eof(None, now);
+                    return;
+                }
+                Ok(n) => {
+                    self.read_buf.truncate(len + n);
+                    got_any = true;
+                    if n < spare {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_buf.truncate(len);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.read_buf.truncate(len),
+                Err(e) => {
+                    self.read_buf.truncate(len);
+                    if got_any {
+                        self.session.handle_bytes(&mut self.read_buf, now);
+                    }
+                    self.session.handle_eof(Some(e), now);
+                    return;
+                }
+            }
+        }
+        if got_any {
+            self.session.handle_bytes(&mut self.read_buf, now);
+        }
+    }
+
+    /// Writes what the session produced, until done or the socket is full.
+    fn flush(&mut self) {
+        let mut want_writable = false;
+        while let Some(bytes) = self.session.poll_transmit() {
+            match self.socket.write(bytes) {
+                Ok(0) => break,
+                Ok(n) => self.session.transmitted(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    want_writable = true;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.session.handle_eof(Some(e), Instant::now());
+                    // Nothing more can be written: drop what is pending.
+                    while let Some(bytes) = self.session.poll_transmit() {
+                        let n = bytes.len();
+                        self.session.transmitted(n);
+                    }
+                    break;
+                }
+            }
+        }
+        if want_writable != self.writable_interest {
+            let interest = if want_writable {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut self.socket, SOCKET, interest)
+                .is_ok()
+            {
+                self.writable_interest = want_writable;
+            }
+        }
+        self.shared.release_room(self.session.pending_output());
+    }
+
+    /// Hands the session's events to the handles.
+    fn dispatch(&mut self) {
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::Connected { server_properties } => {
+                    let tuning = self.session.tuning().expect("tuned before open");
+                    *lock(&self.shared.info) = Some(HandshakeInfo {
+                        server_properties,
+                        channel_max: tuning.channel_max,
+                        frame_max: tuning.frame_max,
+                        heartbeat: tuning.heartbeat,
+                    });
+                    if let Some(c) = self.connected.take() {
+                        c.complete(Ok(Reply::Sent));
+                    }
+                }
+                Event::Done { reply, result } => {
+                    if let Ok(Reply::ChannelOpened(id)) = &result {
+                        lock(&self.shared.channels).insert(*id, Arc::new(ChannelShared::default()));
+                    }
+                    reply.complete(result);
+                }
+                Event::Delivery { consumer, delivery } => {
+                    self.deliveries.push((consumer, delivery))
+                }
+                Event::ConsumerEnded { consumer, reason } => {
+                    self.hand_over_deliveries();
+                    consumer.end(reason);
+                }
+                Event::Returned { channel, message } => {
+                    lock(&self.shared.channel(channel).returns).push_back(message);
+                }
+                Event::ChannelClosed { channel, error } => {
+                    if let Some(ch) = lock(&self.shared.channels).remove(&channel) {
+                        *lock(&ch.closed) = Some(error);
+                    }
+                }
+                Event::Blocked(reason) => {
+                    self.shared.blocked.store(true, Ordering::Release);
+                    lock(&self.shared.events).push_back(ConnectionEvent::Blocked {
+                        reason: reason.unwrap_or_default(),
+                    });
+                }
+                Event::Unblocked => {
+                    self.shared.blocked.store(false, Ordering::Release);
+                    lock(&self.shared.events).push_back(ConnectionEvent::Unblocked);
+                    self.shared.release_room(self.session.pending_output());
+                }
+                Event::Flow { channel, active } => {
+                    self.shared
+                        .channel(channel)
+                        .flow_paused
+                        .store(!active, Ordering::Release);
+                }
+                Event::Closed(error) => {
+                    if let Some(c) = self.connected.take() {
+                        c.complete(Err(error.clone()));
+                    }
+                    *lock(&self.shared.closed) = Some(error);
+                }
+            }
+        }
+        self.hand_over_deliveries();
+    }
+
+    /// One lock and one wake-up per consumer per turn.
+    fn hand_over_deliveries(&mut self) {
+        let mut batch = self.deliveries.drain(..).peekable();
+        while let Some((consumer, first)) = batch.next() {
+            let same = std::iter::from_fn(|| {
+                batch
+                    .next_if(|(c, _)| Arc::ptr_eq(c, &consumer))
+                    .map(|(_, d)| d)
+            });
+            consumer.push_batch(std::iter::once(first).chain(same));
+        }
+    }
+
+    /// After the session closed: every handle learns why, and commands that
+    /// raced with the close fail with the same error.
+    fn shutdown(mut self) {
+        let error = self.session.error().cloned().unwrap_or(Error::Closed);
+        *lock(&self.shared.closed) = Some(error.clone());
+        for (_, ch) in lock(&self.shared.channels).drain() {
+            lock(&ch.closed).get_or_insert_with(|| error.clone());
+        }
+        self.shared.take_commands(&mut self.commands);
+        for command in self.commands.drain(..) {
+            fail(command, &error);
+        }
+        self.shared.release_room(0);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Completes a command the closed connection will never run.
+fn fail(command: Cmd, error: &Error) {
+    match command {
+        Command::OpenChannel { reply }
+        | Command::Rpc { reply, .. }
+        | Command::WaitForConfirms { reply, .. }
+        | Command::CloseChannel { reply, .. } => reply.complete(Err(error.clone())),
+        Command::Close { reply, .. } => reply.complete(Ok(Reply::Sent)),
+        Command::Consume {
+            reply, consumer, ..
+        } => {
+            consumer.end(Err(error.clone()));
+            reply.complete(Err(error.clone()));
+        }
+        Command::Publish { confirm, .. } => {
+            if let Some(reply) = confirm {
+                reply.complete(Err(error.clone()));
+            }
+        }
+        Command::Send { .. } => {}
+    }
+}

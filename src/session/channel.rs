@@ -1,0 +1,702 @@
+//! One channel's state machine: its RPC queue (one synchronous method in
+//! flight, later ones waiting in call order), content assembly, consumers,
+//! publisher confirms and the close handshake.
+//!
+//! It never writes to the connection directly: it appends frames to the
+//! shared [`Output`] and pushes events there, and returns a [`Fault`] when
+//! the peer broke a rule that closes the whole connection.
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::{Bytes, BytesMut};
+
+use super::content::{Assembled, Assembly, ContentMethod, ReturnedMessage};
+use super::{Confirmation, Event, Reply};
+use crate::error::Error;
+use crate::protocol::{
+    encode_message, BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk,
+    Frame, Method, ReplyCode, ShortString,
+};
+
+/// Where a channel writes: the connection's outgoing bytes and event queue.
+pub(super) struct Output<R, C> {
+    pub(super) bytes: BytesMut,
+    pub(super) events: VecDeque<Event<R, C>>,
+    pub(super) frame_max: u32,
+}
+
+impl<R, C> Output<R, C> {
+    pub(super) fn frame(&mut self, channel: u16, method: Method) {
+        Frame::Method { channel, method }.encode(&mut self.bytes);
+    }
+
+    pub(super) fn done(&mut self, reply: R, result: Result<Reply, Error>) {
+        self.events.push_back(Event::Done { reply, result });
+    }
+}
+
+/// A rule broken by the peer that closes the connection with `code`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Fault {
+    pub(super) code: ReplyCode,
+    pub(super) text: String,
+}
+
+impl Fault {
+    pub(super) fn new(code: ReplyCode, text: impl Into<String>) -> Self {
+        Fault {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum State {
+    /// channel.open sent, open-ok not yet received.
+    Opening,
+    Open,
+    /// channel.close sent; only close-ok (or the broker's close) counts now.
+    Closing,
+}
+
+/// Work waiting its turn on the channel, in call order.
+enum Queued<R, C> {
+    Rpc {
+        method: Method,
+        reply: R,
+        consumer: Option<C>,
+    },
+    Publish {
+        method: BasicPublish,
+        properties: BasicProperties,
+        body: Bytes,
+        confirm: Option<R>,
+    },
+    Send(Method),
+}
+
+/// An RPC on the wire, waiting for its answer.
+struct InFlight<R, C> {
+    method: Method,
+    reply: R,
+    consumer: Option<C>,
+}
+
+/// One publish awaiting its confirm.
+struct ConfirmSlot<R> {
+    confirmed: bool,
+    reply: Option<R>,
+}
+
+/// Publisher-confirm bookkeeping: slots indexed by `tag - base`, so an ack,
+/// single or `multiple`, costs O(1) per message confirmed.
+struct Confirms<R> {
+    /// Tag of `slots[0]`.
+    base: u64,
+    slots: VecDeque<ConfirmSlot<R>>,
+    /// wait_for_confirms calls: (last tag they wait for, saw a nack, reply).
+    waiters: Vec<(u64, bool, R)>,
+    /// A basic.return waiting for the ack that follows it.
+    returned: Option<ReturnedMessage>,
+}
+
+impl<R> Confirms<R> {
+    fn new() -> Self {
+        Confirms {
+            base: 1,
+            slots: VecDeque::new(),
+            waiters: Vec::new(),
+            returned: None,
+        }
+    }
+
+    fn next_tag(&self) -> u64 {
+        self.base + self.slots.len() as u64
+    }
+}
+
+pub(super) struct Channel<R, C> {
+    pub(super) id: u16,
+    pub(super) state: State,
+    in_flight: Option<InFlight<R, C>>,
+    queue: VecDeque<Queued<R, C>>,
+    consumers: HashMap<ShortString, C>,
+    content: Option<Assembly>,
+    /// basic.get waiting for its content.
+    get_reply: Option<R>,
+    confirms: Option<Confirms<R>>,
+    /// close requested by the application: its reply.
+    close_reply: Option<R>,
+}
+
+impl<R, C: Clone> Channel<R, C> {
+    /// A channel whose channel.open is being sent with `reply` waiting.
+    pub(super) fn opening(id: u16, reply: R, out: &mut Output<R, C>) -> Self {
+        let method = Method::ChannelOpen(Default::default());
+        out.frame(id, method.clone());
+        Channel {
+            id,
+            state: State::Opening,
+            in_flight: Some(InFlight {
+                method,
+                reply,
+                consumer: None,
+            }),
+            queue: VecDeque::new(),
+            consumers: HashMap::new(),
+            content: None,
+            get_reply: None,
+            confirms: None,
+            close_reply: None,
+        }
+    }
+
+    fn usable(&self) -> Result<(), Error> {
+        match self.state {
+            State::Closing => Err(Error::Closed),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues or sends a synchronous method.
+    pub(super) fn rpc(
+        &mut self,
+        method: Method,
+        reply: R,
+        consumer: Option<C>,
+        out: &mut Output<R, C>,
+    ) {
+        if let Err(e) = self.usable() {
+            return out.done(reply, Err(e));
+        }
+        self.queue.push_back(Queued::Rpc {
+            method,
+            reply,
+            consumer,
+        });
+        self.pump(out);
+    }
+
+    /// Sends a publish now, or queues it behind unsent RPCs to keep call order.
+    pub(super) fn publish(
+        &mut self,
+        method: BasicPublish,
+        properties: BasicProperties,
+        body: Bytes,
+        confirm: Option<R>,
+        out: &mut Output<R, C>,
+    ) {
+        if let Err(e) = self.usable() {
+            if let Some(reply) = confirm {
+                out.done(reply, Err(e));
+            }
+            return;
+        }
+        if self.queue.is_empty() {
+            self.send_publish(method, &properties, &body, confirm, out);
+        } else {
+            self.queue.push_back(Queued::Publish {
+                method,
+                properties,
+                body,
+                confirm,
+            });
+        }
+    }
+
+    /// Sends an asynchronous method (ack, nack, reject...), in call order.
+    pub(super) fn send(&mut self, method: Method, out: &mut Output<R, C>) {
+        if self.usable().is_err() {
+            return;
+        }
+        if self.queue.is_empty() {
+            out.frame(self.id, method);
+        } else {
+            self.queue.push_back(Queued::Send(method));
+        }
+    }
+
+    fn send_publish(
+        &mut self,
+        method: BasicPublish,
+        properties: &BasicProperties,
+        body: &[u8],
+        confirm: Option<R>,
+        out: &mut Output<R, C>,
+    ) {
+        let method = Method::BasicPublish(method);
+        encode_message(
+            self.id,
+            &method,
+            properties,
+            body,
+            out.frame_max,
+            &mut out.bytes,
+        );
+        match &mut self.confirms {
+            Some(confirms) => confirms.slots.push_back(ConfirmSlot {
+                confirmed: false,
+                reply: confirm,
+            }),
+            None => {
+                if let Some(reply) = confirm {
+                    // Not in confirm mode: there will be no confirm to wait for.
+                    out.done(reply, Ok(Reply::Sent));
+                }
+            }
+        }
+    }
+
+    /// Sends queued work until an RPC is on the wire waiting for its answer.
+    fn pump(&mut self, out: &mut Output<R, C>) {
+        while self.in_flight.is_none() {
+            let Some(next) = self.queue.pop_front() else {
+                return;
+            };
+            match next {
+                Queued::Rpc {
+                    method,
+                    reply,
+                    consumer,
+                } => {
+                    out.frame(self.id, method.clone());
+                    if no_wait(&method) {
+                        if let (Method::BasicConsume(consume), Some(consumer)) = (&method, consumer)
+                        {
+                            self.consumers
+                                .insert(consume.consumer_tag.clone(), consumer);
+                        }
+                        if let Method::ConfirmSelect(_) = method {
+                            self.confirms.get_or_insert_with(Confirms::new);
+                        }
+                        if let Method::BasicCancel(cancel) = &method {
+                            if let Some(consumer) = self.consumers.remove(&cancel.consumer_tag) {
+                                out.events.push_back(Event::ConsumerEnded {
+                                    consumer,
+                                    reason: Ok(()),
+                                });
+                            }
+                        }
+                        out.done(reply, Ok(Reply::Sent));
+                    } else {
+                        self.in_flight = Some(InFlight {
+                            method,
+                            reply,
+                            consumer,
+                        });
+                    }
+                }
+                Queued::Publish {
+                    method,
+                    properties,
+                    body,
+                    confirm,
+                } => self.send_publish(method, &properties, &body, confirm, out),
+                Queued::Send(method) => out.frame(self.id, method),
+            }
+        }
+    }
+
+    /// Starts the close handshake at the application's request.
+    pub(super) fn close(&mut self, code: u16, text: ShortString, reply: R, out: &mut Output<R, C>) {
+        if self.state == State::Closing {
+            return out.done(reply, Err(Error::Closed));
+        }
+        out.frame(
+            self.id,
+            Method::ChannelClose(crate::protocol::ChannelClose {
+                reply_code: code,
+                reply_text: text,
+                class_id: 0,
+                method_id: 0,
+            }),
+        );
+        self.state = State::Closing;
+        self.close_reply = Some(reply);
+        self.fail_all(&Error::Closed, out);
+    }
+
+    /// Registers a wait_for_confirms call.
+    pub(super) fn wait_for_confirms(&mut self, reply: R, out: &mut Output<R, C>) {
+        match &mut self.confirms {
+            None => out.done(
+                reply,
+                Err(Error::InvalidArgument(
+                    "wait_for_confirms needs confirm mode (confirm_select) on the channel".into(),
+                )),
+            ),
+            Some(c) if c.slots.is_empty() => {
+                out.done(reply, Ok(Reply::Confirmed(Confirmation::Ack)))
+            }
+            Some(c) => {
+                let last = c.next_tag() - 1;
+                c.waiters.push((last, false, reply));
+            }
+        }
+    }
+
+    /// Handles a frame for this channel. `Ok(true)` when the channel is now
+    /// gone (closed by either side).
+    pub(super) fn handle_frame(
+        &mut self,
+        frame: Frame,
+        out: &mut Output<R, C>,
+    ) -> Result<bool, Fault> {
+        match frame {
+            Frame::Method { method, .. } => self.handle_method(method, out),
+            Frame::Header { header, .. } => {
+                if self.state == State::Closing {
+                    return Ok(false);
+                }
+                let Some(assembly) = &mut self.content else {
+                    return Err(Fault::new(
+                        ReplyCode::UnexpectedFrame,
+                        "content header without a method",
+                    ));
+                };
+                assembly
+                    .header(header.class_id, header.body_size, header.properties)
+                    .map_err(|e| Fault::new(e.code, e.text))?;
+                self.finish_content(out);
+                Ok(false)
+            }
+            Frame::Body { payload, .. } => {
+                if self.state == State::Closing {
+                    return Ok(false);
+                }
+                let Some(assembly) = &mut self.content else {
+                    return Err(Fault::new(
+                        ReplyCode::UnexpectedFrame,
+                        "body frame without a method",
+                    ));
+                };
+                assembly
+                    .body(payload)
+                    .map_err(|e| Fault::new(e.code, e.text))?;
+                self.finish_content(out);
+                Ok(false)
+            }
+            Frame::Heartbeat { .. } => Err(Fault::new(
+                ReplyCode::CommandInvalid,
+                format!("heartbeat on channel {}", self.id),
+            )),
+        }
+    }
+
+    fn finish_content(&mut self, out: &mut Output<R, C>) {
+        if !self.content.as_ref().is_some_and(Assembly::is_complete) {
+            return;
+        }
+        match self.content.take().expect("checked above").finish() {
+            Assembled::Deliver(delivery) => {
+                if let Some(consumer) = self.consumers.get(&delivery.consumer_tag) {
+                    out.events.push_back(Event::Delivery {
+                        consumer: consumer.clone(),
+                        delivery,
+                    });
+                }
+                // A delivery for a consumer already cancelled is dropped: the
+                // broker requeues it when the channel closes, unless no-ack.
+            }
+            Assembled::Return(message) => {
+                if let Some(confirms) = &mut self.confirms {
+                    confirms.returned = Some(message.clone());
+                }
+                out.events.push_back(Event::Returned {
+                    channel: self.id,
+                    message,
+                });
+            }
+            Assembled::GetOk {
+                delivery,
+                message_count,
+            } => {
+                if let Some(reply) = self.get_reply.take() {
+                    out.done(reply, Ok(Reply::Get(Some((delivery, message_count)))));
+                }
+                self.pump(out);
+            }
+        }
+    }
+
+    fn handle_method(&mut self, method: Method, out: &mut Output<R, C>) -> Result<bool, Fault> {
+        if self.content.is_some() {
+            return Err(Fault::new(
+                ReplyCode::UnexpectedFrame,
+                format!("{} in the middle of a message's content", method.name()),
+            ));
+        }
+        if self.state == State::Closing {
+            // After channel.close only close and close-ok count (spec 2.3.7).
+            return match method {
+                Method::ChannelCloseOk(_) => {
+                    if let Some(reply) = self.close_reply.take() {
+                        out.done(reply, Ok(Reply::Sent));
+                    }
+                    Ok(true)
+                }
+                Method::ChannelClose(_) => {
+                    out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
+                    if let Some(reply) = self.close_reply.take() {
+                        out.done(reply, Ok(Reply::Sent));
+                    }
+                    Ok(true)
+                }
+                _ => Ok(false),
+            };
+        }
+        match method {
+            Method::BasicDeliver(m) => {
+                self.content = Some(Assembly::new(ContentMethod::Deliver(m)));
+                Ok(false)
+            }
+            Method::BasicReturn(m) => {
+                self.content = Some(Assembly::new(ContentMethod::Return(m)));
+                Ok(false)
+            }
+            Method::BasicAck(m) => self.confirmed(m.delivery_tag, m.multiple, false, out),
+            Method::BasicNack(m) => self.confirmed(m.delivery_tag, m.multiple, true, out),
+            Method::BasicCancel(m) => {
+                if let Some(consumer) = self.consumers.remove(&m.consumer_tag) {
+                    out.events.push_back(Event::ConsumerEnded {
+                        consumer,
+                        reason: Err(Error::ConsumerCancelled {
+                            consumer_tag: m.consumer_tag.to_string(),
+                        }),
+                    });
+                }
+                if !m.no_wait {
+                    out.frame(
+                        self.id,
+                        Method::BasicCancelOk(BasicCancelOk {
+                            consumer_tag: m.consumer_tag,
+                        }),
+                    );
+                }
+                Ok(false)
+            }
+            Method::ChannelFlow(m) => {
+                out.frame(
+                    self.id,
+                    Method::ChannelFlowOk(ChannelFlowOk { active: m.active }),
+                );
+                out.events.push_back(Event::Flow {
+                    channel: self.id,
+                    active: m.active,
+                });
+                Ok(false)
+            }
+            Method::ChannelClose(m) => {
+                out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
+                let error = Error::ChannelClosed {
+                    code: m.reply_code,
+                    text: m.reply_text.to_string(),
+                    class_id: m.class_id,
+                    method_id: m.method_id,
+                };
+                self.fail_all(&error, out);
+                out.events.push_back(Event::ChannelClosed {
+                    channel: self.id,
+                    error,
+                });
+                Ok(true)
+            }
+            reply => self.answer(reply, out),
+        }
+    }
+
+    /// A method that should answer the RPC in flight.
+    fn answer(&mut self, reply: Method, out: &mut Output<R, C>) -> Result<bool, Fault> {
+        let expected = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.method.responses().contains(&reply.id()));
+        if !expected {
+            return Err(Fault::new(
+                ReplyCode::CommandInvalid,
+                format!("unexpected {} on channel {}", reply.name(), self.id),
+            ));
+        }
+        let InFlight {
+            method,
+            reply: handle,
+            consumer,
+        } = self.in_flight.take().expect("checked above");
+        match reply {
+            Method::ChannelOpenOk(_) => {
+                self.state = State::Open;
+                out.done(handle, Ok(Reply::ChannelOpened(self.id)));
+            }
+            Method::BasicGetOk(m) => {
+                // The RPC completes when the content is in.
+                self.content = Some(Assembly::new(ContentMethod::GetOk(m)));
+                self.get_reply = Some(handle);
+                return Ok(false);
+            }
+            Method::BasicGetEmpty(_) => out.done(handle, Ok(Reply::Get(None))),
+            Method::ConfirmSelectOk(_) => {
+                self.confirms.get_or_insert_with(Confirms::new);
+                out.done(handle, Ok(Reply::Method(reply)));
+            }
+            Method::BasicConsumeOk(ref ok) => {
+                if let (Some(consumer), Method::BasicConsume(_)) = (consumer, &method) {
+                    self.consumers.insert(ok.consumer_tag.clone(), consumer);
+                }
+                out.done(handle, Ok(Reply::Method(reply)));
+            }
+            Method::BasicCancelOk(ref ok) => {
+                if let Some(consumer) = self.consumers.remove(&ok.consumer_tag) {
+                    out.events.push_back(Event::ConsumerEnded {
+                        consumer,
+                        reason: Ok(()),
+                    });
+                }
+                out.done(handle, Ok(Reply::Method(reply)));
+            }
+            reply => out.done(handle, Ok(Reply::Method(reply))),
+        }
+        self.pump(out);
+        Ok(false)
+    }
+
+    /// basic.ack / basic.nack from the broker, in confirm mode.
+    fn confirmed(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        nack: bool,
+        out: &mut Output<R, C>,
+    ) -> Result<bool, Fault> {
+        let Some(c) = &mut self.confirms else {
+            return Err(Fault::new(
+                ReplyCode::CommandInvalid,
+                format!(
+                    "basic.{} on channel {}, which is not in confirm mode",
+                    if nack { "nack" } else { "ack" },
+                    self.id
+                ),
+            ));
+        };
+        if tag >= c.next_tag() || (tag == 0 && !multiple) {
+            return Err(Fault::new(
+                ReplyCode::PreconditionFailed,
+                format!(
+                    "confirm for unknown delivery tag {tag} on channel {}",
+                    self.id
+                ),
+            ));
+        }
+        let first = if multiple { c.base } else { tag.max(c.base) };
+        let mut returned = c.returned.take();
+        // Tags below `base` were confirmed already: a repeat is ignored.
+        for t in first..=tag {
+            let Some(slot) = c.slots.get_mut((t - c.base) as usize) else {
+                break;
+            };
+            if slot.confirmed {
+                continue;
+            }
+            slot.confirmed = true;
+            if let Some(reply) = slot.reply.take() {
+                let outcome = match (nack, t == tag, returned.take()) {
+                    (true, ..) => Confirmation::Nack,
+                    (false, true, Some(message)) => Confirmation::Returned(Box::new(message)),
+                    (false, _, r) => {
+                        returned = r;
+                        Confirmation::Ack
+                    }
+                };
+                out.done(reply, Ok(Reply::Confirmed(outcome)));
+            }
+        }
+        while c.slots.front().is_some_and(|s| s.confirmed) {
+            c.slots.pop_front();
+            c.base += 1;
+        }
+        if nack {
+            for waiter in c.waiters.iter_mut().filter(|w| w.0 >= first) {
+                waiter.1 = true;
+            }
+        }
+        let base = c.base;
+        let mut i = 0;
+        while i < c.waiters.len() {
+            if c.waiters[i].0 < base {
+                let (_, nacked, reply) = c.waiters.swap_remove(i);
+                let outcome = if nacked {
+                    Confirmation::Nack
+                } else {
+                    Confirmation::Ack
+                };
+                out.done(reply, Ok(Reply::Confirmed(outcome)));
+            } else {
+                i += 1;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Ends every piece of work on the channel with `error`.
+    pub(super) fn fail_all(&mut self, error: &Error, out: &mut Output<R, C>) {
+        if let Some(f) = self.in_flight.take() {
+            out.done(f.reply, Err(error.clone()));
+        }
+        if let Some(reply) = self.get_reply.take() {
+            out.done(reply, Err(error.clone()));
+        }
+        self.content = None;
+        for queued in self.queue.drain(..) {
+            match queued {
+                Queued::Rpc { reply, .. } => out.done(reply, Err(error.clone())),
+                Queued::Publish {
+                    confirm: Some(reply),
+                    ..
+                } => out.done(reply, Err(error.clone())),
+                Queued::Publish { .. } | Queued::Send(_) => {}
+            }
+        }
+        for (_, consumer) in self.consumers.drain() {
+            out.events.push_back(Event::ConsumerEnded {
+                consumer,
+                reason: Err(error.clone()),
+            });
+        }
+        if let Some(c) = &mut self.confirms {
+            for slot in c.slots.drain(..) {
+                if let Some(reply) = slot.reply {
+                    out.done(reply, Err(error.clone()));
+                }
+            }
+            for (_, _, reply) in c.waiters.drain(..) {
+                out.done(reply, Err(error.clone()));
+            }
+        }
+    }
+
+    /// Ends everything, including a pending close, when the connection dies.
+    pub(super) fn connection_lost(&mut self, error: &Error, out: &mut Output<R, C>) {
+        self.fail_all(error, out);
+        if let Some(reply) = self.close_reply.take() {
+            out.done(reply, Err(error.clone()));
+        }
+    }
+}
+
+/// Whether a synchronous method was sent with no-wait, so no answer comes.
+fn no_wait(method: &Method) -> bool {
+    match method {
+        Method::ExchangeDeclare(m) => m.no_wait,
+        Method::ExchangeDelete(m) => m.no_wait,
+        Method::ExchangeBind(m) => m.no_wait,
+        Method::ExchangeUnbind(m) => m.no_wait,
+        Method::QueueDeclare(m) => m.no_wait,
+        Method::QueueBind(m) => m.no_wait,
+        Method::QueuePurge(m) => m.no_wait,
+        Method::QueueDelete(m) => m.no_wait,
+        Method::BasicConsume(m) => m.no_wait,
+        Method::BasicCancel(m) => m.no_wait,
+        Method::ConfirmSelect(m) => m.nowait,
+        other => !other.is_synchronous(),
+    }
+}
