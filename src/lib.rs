@@ -37,6 +37,7 @@
 
 pub mod blocking;
 pub mod error;
+pub mod nonblocking;
 pub mod options;
 pub mod protocol;
 mod reactor;

@@ -2,18 +2,19 @@
 //! queue and a `mio::Waker`) and the places the reactor leaves results
 //! (completions, consumer queues, channel state).
 //!
-//! Every waiting primitive here works both ways: a blocking caller sleeps on
-//! a `Condvar` (with a timeout), an async caller registers a `Waker`. The
-//! facades add only the way they wait, so neither copies the other.
+//! Every waiting primitive here is a future woken through its `Waker` by the
+//! reactor thread. The async facade awaits them; the blocking facade parks
+//! its thread on them (`blocking::wait`), so the waiting logic exists once.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
-use crate::session::{Command, Delivery, Reply, ReturnedMessage};
+use crate::session::{ChannelRef, Command, Delivery, Reply, ReturnedMessage};
 
 /// Past this many bytes waiting to be written (queued commands included),
 /// publishers wait.
@@ -27,33 +28,6 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits on `cond` until `done` holds or `deadline` passes; `false` on timeout.
-fn wait_until<'a, T>(
-    cond: &Condvar,
-    mut guard: MutexGuard<'a, T>,
-    deadline: Option<Instant>,
-    mut done: impl FnMut(&mut T) -> bool,
-) -> (MutexGuard<'a, T>, bool) {
-    loop {
-        if done(&mut guard) {
-            return (guard, true);
-        }
-        match deadline {
-            None => guard = cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
-            Some(deadline) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    return (guard, false);
-                }
-                guard = cond
-                    .wait_timeout(guard, deadline - now)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 
 enum Slot {
@@ -65,14 +39,12 @@ enum Slot {
 /// A one-shot result: the reactor completes it, one caller takes it.
 pub(crate) struct Completion {
     slot: Mutex<Slot>,
-    cond: Condvar,
 }
 
 impl Completion {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Completion {
             slot: Mutex::new(Slot::Pending(None)),
-            cond: Condvar::new(),
         })
     }
 
@@ -81,31 +53,25 @@ impl Completion {
         let mut slot = lock(&self.slot);
         if let Slot::Pending(waker) = std::mem::replace(&mut *slot, Slot::Done(result)) {
             drop(slot);
-            self.cond.notify_all();
             if let Some(waker) = waker {
                 waker.wake();
             }
         }
     }
 
-    /// Blocks until the result is in (or `timeout` passes).
-    pub(crate) fn wait(
-        &self,
-        timeout: Option<Duration>,
-        operation: &'static str,
-    ) -> Result<Reply, Error> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let slot = lock(&self.slot);
-        let (mut slot, done) = wait_until(&self.cond, slot, deadline, |s| {
-            !matches!(s, Slot::Pending(_))
-        });
-        if !done {
-            return Err(Error::Timeout {
-                operation,
-                after: timeout.unwrap_or_default(),
-            });
+    /// Polls for the result from a future.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Reply, Error>> {
+        let mut slot = lock(&self.slot);
+        match &mut *slot {
+            Slot::Pending(waker) => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            _ => Poll::Ready(take(&mut slot)),
         }
-        take(&mut slot)
     }
 }
 
@@ -130,7 +96,14 @@ struct ConsumerState {
 /// Its size is bounded by the channel's prefetch (for acknowledged consumers).
 pub(crate) struct ConsumerQueue {
     state: Mutex<ConsumerState>,
-    cond: Condvar,
+    /// Set when the application dropped its consumer: later deliveries are
+    /// requeued by the reactor instead of buffered.
+    abandoned: AtomicBool,
+    /// Whether the consumer acknowledges (so abandoned deliveries can be
+    /// requeued): auto-ack deliveries are the broker's no longer.
+    pub(crate) acknowledged: bool,
+    /// The channel the consumer is on.
+    pub(crate) channel: ChannelRef,
 }
 
 /// What a consumer's receiver found.
@@ -138,19 +111,25 @@ pub(crate) enum Received {
     Delivery(Delivery),
     /// Ended: by the application (`Ok`) or with an error.
     Ended(Result<(), Error>),
-    TimedOut,
 }
 
 impl ConsumerQueue {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(channel: ChannelRef, acknowledged: bool) -> Arc<Self> {
         Arc::new(ConsumerQueue {
             state: Mutex::new(ConsumerState {
                 deliveries: VecDeque::new(),
                 ended: None,
                 waker: None,
             }),
-            cond: Condvar::new(),
+            abandoned: AtomicBool::new(false),
+            acknowledged,
+            channel,
         })
+    }
+
+    /// Whether the application dropped the consumer.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Ordering::Acquire)
     }
 
     /// Appends a batch under one lock and one wake-up.
@@ -159,7 +138,6 @@ impl ConsumerQueue {
         state.deliveries.extend(batch);
         let waker = state.waker.take();
         drop(state);
-        self.cond.notify_one();
         if let Some(w) = waker {
             w.wake();
         }
@@ -173,7 +151,6 @@ impl ConsumerQueue {
         }
         let waker = state.waker.take();
         drop(state);
-        self.cond.notify_all();
         if let Some(w) = waker {
             w.wake();
         }
@@ -186,22 +163,23 @@ impl ConsumerQueue {
         state.ended.clone().map(Received::Ended)
     }
 
-    /// Blocks for the next delivery, the end, or the timeout.
-    pub(crate) fn recv(&self, timeout: Option<Duration>) -> Received {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let state = lock(&self.state);
-        let (mut state, done) = wait_until(&self.cond, state, deadline, |s| {
-            !s.deliveries.is_empty() || s.ended.is_some()
-        });
-        if !done {
-            return Received::TimedOut;
+    /// Polls for the next delivery or the end.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Received> {
+        let mut state = lock(&self.state);
+        match Self::next(&mut state) {
+            Some(r) => Poll::Ready(r),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
         }
-        Self::next(&mut state).unwrap_or(Received::TimedOut)
     }
 
-    /// Takes everything buffered (to requeue it when the consumer is dropped).
-    pub(crate) fn drain(&self) -> Vec<Delivery> {
-        lock(&self.state).deliveries.drain(..).collect()
+    /// Marks the consumer dropped and takes everything buffered (to requeue it).
+    pub(crate) fn abandon(&self) -> Vec<Delivery> {
+        let mut state = lock(&self.state);
+        self.abandoned.store(true, Ordering::Release);
+        state.deliveries.drain(..).collect()
     }
 }
 
@@ -251,9 +229,8 @@ pub(crate) struct Shared {
     /// Bytes the session has yet to write.
     pub(crate) output_bytes: AtomicUsize,
     pub(crate) blocked: AtomicBool,
-    /// Room for publishers: waited on past the high-water mark.
+    /// Publishers waiting for room past the high-water mark.
     room: Mutex<Vec<Waker>>,
-    room_cond: Condvar,
     /// Set once the connection is closed, with why.
     pub(crate) closed: Mutex<Option<Error>>,
     pub(crate) channels: Mutex<HashMap<u16, Arc<ChannelShared>>>,
@@ -271,7 +248,6 @@ impl Shared {
             output_bytes: AtomicUsize::new(0),
             blocked: AtomicBool::new(false),
             room: Mutex::new(Vec::new()),
-            room_cond: Condvar::new(),
             closed: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
             events: Mutex::new(VecDeque::new()),
@@ -317,45 +293,27 @@ impl Shared {
         self.queued_bytes.fetch_sub(queued, Ordering::Relaxed);
     }
 
-    /// Submits a command and waits for its completion.
-    pub(crate) fn call(
-        &self,
-        make: impl FnOnce(Arc<Completion>) -> Command<Arc<Completion>, Arc<ConsumerQueue>>,
-        timeout: Option<Duration>,
-        operation: &'static str,
-    ) -> Result<Reply, Error> {
-        let completion = Completion::new();
-        self.submit(make(completion.clone()))?;
-        completion.wait(timeout, operation)
-    }
-
     fn has_room(&self) -> bool {
         !self.blocked.load(Ordering::Acquire)
             && self.queued_bytes.load(Ordering::Relaxed) + self.output_bytes.load(Ordering::Relaxed)
                 < HIGH_WATER
     }
 
-    /// Blocks a publisher while the write buffer is past its high-water mark
-    /// or the broker has blocked the connection.
-    pub(crate) fn wait_for_room(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        if self.has_room() {
-            return Ok(());
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let guard = lock(&self.room);
-        let (_guard, done) = wait_until(&self.room_cond, guard, deadline, |_| {
-            self.has_room() || lock(&self.closed).is_some()
-        });
+    /// Ready when a publisher may go on: the write buffer is below its
+    /// high-water mark and the broker has not blocked the connection.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if let Some(e) = &*lock(&self.closed) {
-            return Err(e.clone());
+            return Poll::Ready(Err(e.clone()));
         }
-        if !done {
-            return Err(Error::Timeout {
-                operation: "publish (waiting for the broker to unblock or the socket to drain)",
-                after: timeout.unwrap_or_default(),
-            });
+        if self.has_room() {
+            return Poll::Ready(Ok(()));
         }
-        Ok(())
+        let mut wakers = lock(&self.room);
+        if self.has_room() {
+            return Poll::Ready(Ok(()));
+        }
+        wakers.push(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Wakes waiting publishers if there is room again (reactor side).
@@ -363,7 +321,6 @@ impl Shared {
         self.output_bytes.store(output, Ordering::Relaxed);
         if output <= LOW_WATER || self.has_room() {
             let wakers = std::mem::take(&mut *lock(&self.room));
-            self.room_cond.notify_all();
             for w in wakers {
                 w.wake();
             }
@@ -380,6 +337,89 @@ impl Shared {
         match &*lock(&self.closed) {
             Some(e) => Err(e.clone()),
             None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// How a [`Call`] turns the reactor's reply into its result.
+enum Parser<T> {
+    /// An RPC: the parser sees the method that was sent (for no-wait echoes).
+    Rpc(
+        crate::protocol::Method,
+        fn(Reply, &crate::protocol::Method) -> Result<T, Error>,
+    ),
+    Plain(fn(Reply) -> Result<T, Error>),
+}
+
+/// An operation already handed to the connection, whose result can be
+/// awaited (it is a `Future`) or waited for with [`Call::wait`].
+///
+/// The command is sent when the call is made, not when it is awaited, so
+/// calls pipeline. Dropping a `Call` does not cancel the operation; its
+/// result is discarded and the channel stays usable.
+#[must_use = "the operation is sent, but its result (and any error) is lost unless awaited or waited for"]
+pub struct Call<T> {
+    state: Option<CallState<T>>,
+}
+
+/// A call in progress (its completion and how to read it), or its early error.
+type CallState<T> = Result<(Arc<Completion>, Parser<T>), Error>;
+
+impl<T> Unpin for Call<T> {}
+
+impl<T> Call<T> {
+    pub(crate) fn failed(error: Error) -> Self {
+        Call {
+            state: Some(Err(error)),
+        }
+    }
+
+    pub(crate) fn rpc(
+        completion: Arc<Completion>,
+        sent: crate::protocol::Method,
+        parse: fn(Reply, &crate::protocol::Method) -> Result<T, Error>,
+    ) -> Self {
+        Call {
+            state: Some(Ok((completion, Parser::Rpc(sent, parse)))),
+        }
+    }
+
+    pub(crate) fn plain(completion: Arc<Completion>, parse: fn(Reply) -> Result<T, Error>) -> Self {
+        Call {
+            state: Some(Ok((completion, Parser::Plain(parse)))),
+        }
+    }
+
+    fn finish(parser: Parser<T>, reply: Result<Reply, Error>) -> Result<T, Error> {
+        let reply = reply?;
+        match parser {
+            Parser::Rpc(sent, parse) => parse(reply, &sent),
+            Parser::Plain(parse) => parse(reply),
+        }
+    }
+}
+
+impl<T> Future for Call<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = match self
+            .state
+            .as_ref()
+            .expect("a Call is not polled after completion")
+        {
+            Err(_) => None,
+            Ok((completion, _)) => match completion.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => Some(r),
+            },
+        };
+        match (self.state.take().expect("checked above"), result) {
+            (Err(e), _) => Poll::Ready(Err(e)),
+            (Ok((_, parser)), Some(reply)) => Poll::Ready(Self::finish(parser, reply)),
+            (Ok(_), None) => unreachable!("a pending call has a result"),
         }
     }
 }

@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use self::handle::{lock, ChannelShared, Completion, ConnectionEvent, ConsumerQueue, Shared};
 use crate::error::Error;
-use crate::protocol::FieldTable;
+use crate::protocol::{BasicReject, FieldTable, Method};
 use crate::session::{Command, Delivery, Event, Reply, Session};
 use crate::uri::ConnectionConfig;
 
@@ -34,59 +34,57 @@ const READ_CHUNK: usize = 128 * 1024;
 
 type Cmd = Command<Arc<Completion>, Arc<ConsumerQueue>>;
 
-/// A connected, handshaken connection's reactor, as seen by its opener.
-pub(crate) struct Started {
+/// A connection being opened: its reactor thread connects and runs the
+/// handshake; `handshake` completes when the connection is open (then
+/// [`Shared::info`] holds what was negotiated) or failed.
+pub(crate) struct Starting {
     pub(crate) shared: Arc<Shared>,
     pub(crate) thread: std::thread::JoinHandle<()>,
-    pub(crate) server_properties: FieldTable,
-    pub(crate) channel_max: u16,
-    pub(crate) frame_max: u32,
-    pub(crate) heartbeat: u16,
+    pub(crate) handshake: Arc<Completion>,
 }
 
-/// Opens the TCP connection (trying each resolved address within the
-/// connection timeout), starts the reactor thread and waits for the AMQP
-/// handshake to finish.
-pub(crate) fn start(config: ConnectionConfig) -> Result<Started, Error> {
+/// Starts the reactor thread, which opens the TCP connection (trying each
+/// resolved address within the connection timeout) and runs the AMQP
+/// handshake. Returns at once; nothing here blocks.
+pub(crate) fn start(config: ConnectionConfig) -> Result<Starting, Error> {
     if config.tls {
         return Err(Error::InvalidArgument(
             "amqps:// (TLS) is not supported yet; use amqp://".into(),
         ));
     }
-    let deadline = Instant::now() + config.connection_timeout;
-    let stream = connect(&config.host, config.port, config.connection_timeout)?;
-    stream.set_nodelay(true)?;
-    stream.set_nonblocking(true)?;
-    let stream = TcpStream::from_std(stream);
-
     let poll = Poll::new()?;
     let waker = mio::Waker::new(poll.registry(), WAKER)?;
     let shared = Arc::new(Shared::new(waker));
-    let connected = Completion::new();
-    let timeout = config.connection_timeout;
-    let reactor = Reactor::new(config, poll, stream, shared.clone(), connected.clone())?;
+    let handshake = Completion::new();
+    let (thread_shared, thread_handshake) = (shared.clone(), handshake.clone());
     let thread = std::thread::Builder::new()
         .name("warren-reactor".into())
-        .spawn(move || reactor.run())?;
-    // The session enforces the handshake timeout itself; this is a backstop.
-    let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
-    match connected.wait(Some(wait.max(timeout)), "connection handshake") {
-        Ok(_) => {}
-        Err(e) => {
-            let _ = thread.join();
-            return Err(e);
-        }
-    }
-    let info = lock(&shared.info)
-        .take()
-        .expect("set before the handshake completes");
-    Ok(Started {
+        .spawn(move || {
+            let opened =
+                connect(&config.host, config.port, config.connection_timeout).and_then(|stream| {
+                    stream.set_nodelay(true)?;
+                    stream.set_nonblocking(true)?;
+                    let stream = TcpStream::from_std(stream);
+                    Ok(Reactor::new(
+                        config,
+                        poll,
+                        stream,
+                        thread_shared.clone(),
+                        thread_handshake.clone(),
+                    )?)
+                });
+            match opened {
+                Ok(reactor) => reactor.run(),
+                Err(e) => {
+                    *lock(&thread_shared.closed) = Some(e.clone());
+                    thread_handshake.complete(Err(e));
+                }
+            }
+        })?;
+    Ok(Starting {
         shared,
         thread,
-        server_properties: info.server_properties,
-        channel_max: info.channel_max,
-        frame_max: info.frame_max,
-        heartbeat: info.heartbeat,
+        handshake,
     })
 }
 
@@ -294,8 +292,9 @@ impl Reactor {
                     }
                 }
                 Event::Done { reply, result } => {
-                    if let Ok(Reply::ChannelOpened(id)) = &result {
-                        lock(&self.shared.channels).insert(*id, Arc::new(ChannelShared::default()));
+                    if let Ok(Reply::ChannelOpened(channel)) = &result {
+                        lock(&self.shared.channels)
+                            .insert(channel.id, Arc::new(ChannelShared::default()));
                     }
                     reply.complete(result);
                 }
@@ -351,7 +350,24 @@ impl Reactor {
                     .next_if(|(c, _)| Arc::ptr_eq(c, &consumer))
                     .map(|(_, d)| d)
             });
-            consumer.push_batch(std::iter::once(first).chain(same));
+            let run = std::iter::once(first).chain(same);
+            if !consumer.is_abandoned() {
+                consumer.push_batch(run);
+                continue;
+            }
+            // The application dropped the consumer before the broker heard
+            // the cancel: give the messages back rather than hold them.
+            for delivery in run.filter(|_| consumer.acknowledged) {
+                let reject = Method::BasicReject(BasicReject {
+                    delivery_tag: delivery.delivery_tag,
+                    requeue: true,
+                });
+                let command = Command::Send {
+                    channel: consumer.channel,
+                    method: reject,
+                };
+                self.session.handle_command(command, Instant::now());
+            }
         }
     }
 
@@ -377,6 +393,7 @@ fn fail(command: Cmd, error: &Error) {
     match command {
         Command::OpenChannel { reply }
         | Command::Rpc { reply, .. }
+        | Command::ConnectionRpc { reply, .. }
         | Command::WaitForConfirms { reply, .. }
         | Command::CloseChannel { reply, .. } => reply.complete(Err(error.clone())),
         Command::Close { reply, .. } => reply.complete(Ok(Reply::Sent)),

@@ -87,6 +87,8 @@ struct InFlight<R, C> {
 struct ConfirmSlot<R> {
     confirmed: bool,
     reply: Option<R>,
+    /// Exchange and routing key of a mandatory publish, to match its return.
+    route: Option<(ShortString, ShortString)>,
 }
 
 /// Publisher-confirm bookkeeping: slots indexed by `tag - base`, so an ack,
@@ -97,8 +99,8 @@ struct Confirms<R> {
     slots: VecDeque<ConfirmSlot<R>>,
     /// wait_for_confirms calls: (last tag they wait for, saw a nack, reply).
     waiters: Vec<(u64, bool, R)>,
-    /// A basic.return waiting for the ack that follows it.
-    returned: Option<ReturnedMessage>,
+    /// basic.returns waiting for the acks that follow them, oldest first.
+    returned: VecDeque<ReturnedMessage>,
 }
 
 impl<R> Confirms<R> {
@@ -107,7 +109,7 @@ impl<R> Confirms<R> {
             base: 1,
             slots: VecDeque::new(),
             waiters: Vec::new(),
-            returned: None,
+            returned: VecDeque::new(),
         }
     }
 
@@ -118,6 +120,8 @@ impl<R> Confirms<R> {
 
 pub(super) struct Channel<R, C> {
     pub(super) id: u16,
+    /// Which opening of the number this is (see [`super::ChannelRef`]).
+    pub(super) serial: u64,
     pub(super) state: State,
     in_flight: Option<InFlight<R, C>>,
     queue: VecDeque<Queued<R, C>>,
@@ -132,11 +136,12 @@ pub(super) struct Channel<R, C> {
 
 impl<R, C: Clone> Channel<R, C> {
     /// A channel whose channel.open is being sent with `reply` waiting.
-    pub(super) fn opening(id: u16, reply: R, out: &mut Output<R, C>) -> Self {
+    pub(super) fn opening(id: u16, serial: u64, reply: R, out: &mut Output<R, C>) -> Self {
         let method = Method::ChannelOpen(Default::default());
         out.frame(id, method.clone());
         Channel {
             id,
+            serial,
             state: State::Opening,
             in_flight: Some(InFlight {
                 method,
@@ -225,6 +230,8 @@ impl<R, C: Clone> Channel<R, C> {
         confirm: Option<R>,
         out: &mut Output<R, C>,
     ) {
+        let route = (method.mandatory && self.confirms.is_some())
+            .then(|| (method.exchange.clone(), method.routing_key.clone()));
         let method = Method::BasicPublish(method);
         encode_message(
             self.id,
@@ -238,6 +245,7 @@ impl<R, C: Clone> Channel<R, C> {
             Some(confirms) => confirms.slots.push_back(ConfirmSlot {
                 confirmed: false,
                 reply: confirm,
+                route,
             }),
             None => {
                 if let Some(reply) = confirm {
@@ -401,7 +409,11 @@ impl<R, C: Clone> Channel<R, C> {
             }
             Assembled::Return(message) => {
                 if let Some(confirms) = &mut self.confirms {
-                    confirms.returned = Some(message.clone());
+                    // At most one return per outstanding publish.
+                    if confirms.returned.len() >= confirms.slots.len() {
+                        confirms.returned.pop_front();
+                    }
+                    confirms.returned.push_back(message.clone());
                 }
                 out.events.push_back(Event::Returned {
                     channel: self.id,
@@ -495,11 +507,13 @@ impl<R, C: Clone> Channel<R, C> {
                     class_id: m.class_id,
                     method_id: m.method_id,
                 };
-                self.fail_all(&error, out);
+                // Handles learn the channel is closed before any call they
+                // wait on fails, so their next call sees the same error.
                 out.events.push_back(Event::ChannelClosed {
                     channel: self.id,
-                    error,
+                    error: error.clone(),
                 });
+                self.fail_all(&error, out);
                 Ok(true)
             }
             reply => self.answer(reply, out),
@@ -526,7 +540,13 @@ impl<R, C: Clone> Channel<R, C> {
         match reply {
             Method::ChannelOpenOk(_) => {
                 self.state = State::Open;
-                out.done(handle, Ok(Reply::ChannelOpened(self.id)));
+                out.done(
+                    handle,
+                    Ok(Reply::ChannelOpened(super::ChannelRef {
+                        id: self.id,
+                        serial: self.serial,
+                    })),
+                );
             }
             Method::BasicGetOk(m) => {
                 // The RPC completes when the content is in.
@@ -588,7 +608,6 @@ impl<R, C: Clone> Channel<R, C> {
             ));
         }
         let first = if multiple { c.base } else { tag.max(c.base) };
-        let mut returned = c.returned.take();
         // Tags below `base` were confirmed already: a repeat is ignored.
         for t in first..=tag {
             let Some(slot) = c.slots.get_mut((t - c.base) as usize) else {
@@ -598,14 +617,20 @@ impl<R, C: Clone> Channel<R, C> {
                 continue;
             }
             slot.confirmed = true;
+            // Returns arrive in publish order, each before the ack that
+            // covers its message: the oldest pending return belongs to the
+            // first mandatory publish it matches.
+            let returned = match (&slot.route, c.returned.front()) {
+                (Some(route), Some(r)) if r.exchange == route.0 && r.routing_key == route.1 => {
+                    c.returned.pop_front()
+                }
+                _ => None,
+            };
             if let Some(reply) = slot.reply.take() {
-                let outcome = match (nack, t == tag, returned.take()) {
-                    (true, ..) => Confirmation::Nack,
-                    (false, true, Some(message)) => Confirmation::Returned(Box::new(message)),
-                    (false, _, r) => {
-                        returned = r;
-                        Confirmation::Ack
-                    }
+                let outcome = match (nack, returned) {
+                    (true, _) => Confirmation::Nack,
+                    (false, Some(message)) => Confirmation::Returned(Box::new(message)),
+                    (false, None) => Confirmation::Ack,
                 };
                 out.done(reply, Ok(Reply::Confirmed(outcome)));
             }

@@ -11,7 +11,7 @@ use bytes::{Buf, BytesMut};
 
 use super::auth;
 use super::channel::{Channel, Fault, Output};
-use super::{Command, Event, Reply};
+use super::{ChannelRef, Command, Event, Reply};
 use crate::error::Error;
 use crate::protocol::{
     ConnectionClose, ConnectionCloseOk, ConnectionOpen, ConnectionSecureOk, ConnectionStartOk,
@@ -76,6 +76,8 @@ pub(crate) struct Session<R, C> {
     close_reply: Option<R>,
     /// An update-secret waiting for its answer.
     connection_rpc: Option<R>,
+    /// Serial of the last channel opened (see [`ChannelRef`]).
+    next_serial: u64,
     error: Option<Error>,
     /// connection.start's server-properties, handed over when open.
     server_properties: FieldTable,
@@ -104,6 +106,7 @@ impl<R, C: Clone> Session<R, C> {
             close_deadline: None,
             close_reply: None,
             connection_rpc: None,
+            next_serial: 0,
             error: None,
             server_properties: FieldTable::new(),
         }
@@ -172,11 +175,7 @@ impl<R, C: Clone> Session<R, C> {
         }
         match command {
             Command::OpenChannel { reply } => self.open_channel(reply),
-            Command::Rpc {
-                channel: 0,
-                method,
-                reply,
-            } => {
+            Command::ConnectionRpc { method, reply } => {
                 if !matches!(method, Method::ConnectionUpdateSecret(_))
                     || self.connection_rpc.is_some()
                 {
@@ -383,6 +382,7 @@ impl<R, C: Clone> Session<R, C> {
         match command {
             Command::OpenChannel { reply }
             | Command::Rpc { reply, .. }
+            | Command::ConnectionRpc { reply, .. }
             | Command::WaitForConfirms { reply, .. }
             | Command::CloseChannel { reply, .. } => self.out.done(reply, Err(error)),
             Command::Close { reply, .. } => {
@@ -428,7 +428,9 @@ impl<R, C: Clone> Session<R, C> {
         if self.channels.len() <= index {
             self.channels.resize_with(index + 1, || None);
         }
-        self.channels[index] = Some(Box::new(Channel::opening(id, reply, &mut self.out)));
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        self.channels[index] = Some(Box::new(Channel::opening(id, serial, reply, &mut self.out)));
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<(), Fault> {
@@ -753,16 +755,21 @@ impl<R, C: Clone> Session<R, C> {
     }
 }
 
-/// Channel `id` of the table, if open.
+/// The channel a handle refers to, if it is still open.
 fn channel_in<R, C>(
     channels: &mut [Option<Box<Channel<R, C>>>],
-    id: u16,
+    r: ChannelRef,
 ) -> Option<&mut Channel<R, C>> {
-    channels.get_mut(usize::from(id))?.as_deref_mut()
+    channels
+        .get_mut(usize::from(r.id))?
+        .as_deref_mut()
+        .filter(|ch| ch.serial == r.serial)
 }
 
-fn no_channel(channel: u16) -> Error {
-    Error::InvalidArgument(format!("channel {channel} is not open"))
+/// The error for a handle whose channel is gone (closed by the application
+/// or the broker; the handle's own state says which).
+fn no_channel(_channel: ChannelRef) -> Error {
+    Error::Closed
 }
 
 /// A configuration string as a short string, cut to 255 bytes.

@@ -37,6 +37,15 @@ use bytes::Bytes;
 use crate::error::Error;
 use crate::protocol::{BasicConsume, BasicProperties, BasicPublish, Method, ShortString};
 
+/// A channel as a handle knows it: its number and which opening of that
+/// number it is, so a handle to a closed channel never reaches a later
+/// channel that reuses the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelRef {
+    pub(crate) id: u16,
+    pub(crate) serial: u64,
+}
+
 /// Something the application asks of the connection.
 #[derive(Debug)]
 pub(crate) enum Command<R, C> {
@@ -47,14 +56,14 @@ pub(crate) enum Command<R, C> {
     /// ([`Reply::Method`], or [`Reply::Get`] for basic.get). Methods with
     /// `no-wait` set complete with [`Reply::Sent`] once written.
     Rpc {
-        channel: u16,
+        channel: ChannelRef,
         method: Method,
         reply: R,
     },
     /// basic.consume; deliveries then go to `consumer`. Completes with
     /// [`Reply::Method`] carrying consume-ok (and its tag).
     Consume {
-        channel: u16,
+        channel: ChannelRef,
         method: BasicConsume,
         consumer: C,
         reply: R,
@@ -62,7 +71,7 @@ pub(crate) enum Command<R, C> {
     /// basic.publish with its content. In confirm mode `confirm`, if any,
     /// completes with [`Reply::Confirmed`].
     Publish {
-        channel: u16,
+        channel: ChannelRef,
         method: BasicPublish,
         properties: BasicProperties,
         body: Bytes,
@@ -70,17 +79,19 @@ pub(crate) enum Command<R, C> {
     },
     /// An asynchronous method: basic.ack, basic.nack, basic.reject,
     /// basic.recover-async. Nothing completes.
-    Send { channel: u16, method: Method },
+    Send { channel: ChannelRef, method: Method },
     /// Completes with [`Reply::Confirmed`] once every publish made so far on
     /// the channel is confirmed (`Ack` only if none was nacked).
-    WaitForConfirms { channel: u16, reply: R },
+    WaitForConfirms { channel: ChannelRef, reply: R },
     /// channel.close; completes with [`Reply::Sent`] on close-ok.
     CloseChannel {
-        channel: u16,
+        channel: ChannelRef,
         code: u16,
         text: ShortString,
         reply: R,
     },
+    /// A synchronous method on channel 0 (connection.update-secret).
+    ConnectionRpc { method: Method, reply: R },
     /// connection.close; completes with [`Reply::Sent`] on close-ok.
     Close {
         code: u16,
@@ -92,8 +103,8 @@ pub(crate) enum Command<R, C> {
 /// The successful outcome of a command.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Reply {
-    /// The channel with this number is open.
-    ChannelOpened(u16),
+    /// The channel is open.
+    ChannelOpened(ChannelRef),
     /// The broker's answer to a synchronous method.
     Method(Method),
     /// basic.get's answer: a message with the count left in the queue, or

@@ -12,6 +12,23 @@ use crate::uri::ConnectionConfig;
 type TestSession = Session<u32, &'static str>;
 type TestEvent = Event<u32, &'static str>;
 
+/// A channel number, given as such or as a handle's [`ChannelRef`].
+trait Number {
+    fn number(self) -> u16;
+}
+
+impl Number for u16 {
+    fn number(self) -> u16 {
+        self
+    }
+}
+
+impl Number for ChannelRef {
+    fn number(self) -> u16 {
+        self.id
+    }
+}
+
 /// A client session and the broker's view of it.
 struct Broker {
     session: TestSession,
@@ -75,9 +92,9 @@ impl Broker {
         self.session.handle_bytes(&mut buf, self.now);
     }
 
-    fn send_method(&mut self, channel: u16, method: impl Into<Method>) {
+    fn send_method(&mut self, channel: impl Number, method: impl Into<Method>) {
         self.send(&[Frame::Method {
-            channel,
+            channel: channel.number(),
             method: method.into(),
         }]);
     }
@@ -150,7 +167,7 @@ impl Broker {
     }
 
     /// Opens channel `id` (the next free one) with reply id `reply`.
-    fn open_channel(&mut self, reply: u32) -> u16 {
+    fn open_channel(&mut self, reply: u32) -> ChannelRef {
         self.command(Command::OpenChannel { reply });
         let sent = self.client_methods();
         let [(id, Method::ChannelOpen(_))] = sent.as_slice() else {
@@ -160,10 +177,16 @@ impl Broker {
         self.send_method(id, ChannelOpenOk);
         let events = self.events();
         assert!(
-            matches!(events.as_slice(), [Event::Done { reply: r, result: Ok(Reply::ChannelOpened(c)) }] if *r == reply && *c == id),
+            matches!(events.as_slice(), [Event::Done { reply: r, result: Ok(Reply::ChannelOpened(c)) }] if *r == reply && c.id == id),
             "{events:?}"
         );
-        id
+        match events.into_iter().next() {
+            Some(Event::Done {
+                result: Ok(Reply::ChannelOpened(c)),
+                ..
+            }) => c,
+            _ => unreachable!("checked above"),
+        }
     }
 
     /// The connection.close the client sent, if any.
@@ -217,7 +240,11 @@ fn confirms(events: &[TestEvent]) -> Vec<(u32, Confirmation)> {
         .collect()
 }
 
-fn publish(channel: u16, body: &'static [u8], confirm: Option<u32>) -> Command<u32, &'static str> {
+fn publish(
+    channel: ChannelRef,
+    body: &'static [u8],
+    confirm: Option<u32>,
+) -> Command<u32, &'static str> {
     Command::Publish {
         channel,
         method: BasicPublish {
@@ -448,10 +475,11 @@ fn no_heartbeats_when_disabled() {
 #[test]
 fn channel_numbers_count_up_from_one_and_are_reused_after_close_ok() {
     let mut b = Broker::open(config());
-    assert_eq!(b.open_channel(1), 1);
-    assert_eq!(b.open_channel(2), 2);
+    let first = b.open_channel(1);
+    assert_eq!(first.id, 1);
+    assert_eq!(b.open_channel(2).id, 2);
     b.command(Command::CloseChannel {
-        channel: 1,
+        channel: first,
         code: 200,
         text: ShortString::empty(),
         reply: 3,
@@ -465,8 +493,20 @@ fn channel_numbers_count_up_from_one_and_are_reused_after_close_ok() {
         done(&b.events()).as_slice(),
         [(3, Ok(Reply::Sent))]
     ));
-    assert_eq!(b.open_channel(4), 1);
-    assert_eq!(b.open_channel(5), 3);
+    let reused = b.open_channel(4);
+    assert_eq!(reused.id, 1);
+    assert_eq!(b.open_channel(5).id, 3);
+    // The first handle never reaches the channel that reuses its number.
+    b.command(Command::Rpc {
+        channel: first,
+        method: declare("stale"),
+        reply: 6,
+    });
+    assert!(b.client_methods().is_empty());
+    assert!(matches!(
+        done(&b.events()).as_slice(),
+        [(6, Err(crate::Error::Closed))]
+    ));
 }
 
 #[test]
@@ -553,10 +593,10 @@ fn an_answer_nobody_asked_for_closes_the_connection_with_503() {
 
 // ---- content ----------------------------------------------------------
 
-fn deliver_frames(channel: u16, tag: u64, body: &[u8], frame_max: u32) -> BytesMut {
+fn deliver_frames(channel: impl Number, tag: u64, body: &[u8], frame_max: u32) -> BytesMut {
     let mut buf = BytesMut::new();
     encode_message(
-        channel,
+        channel.number(),
         &Method::BasicDeliver(BasicDeliver {
             consumer_tag: ShortString::from_static("ctag"),
             delivery_tag: tag,
@@ -570,7 +610,7 @@ fn deliver_frames(channel: u16, tag: u64, body: &[u8], frame_max: u32) -> BytesM
     buf
 }
 
-fn consume(b: &mut Broker, ch: u16) {
+fn consume(b: &mut Broker, ch: ChannelRef) {
     b.command(Command::Consume {
         channel: ch,
         method: BasicConsume {
@@ -723,7 +763,7 @@ fn a_frame_over_frame_max_is_refused_with_501() {
 
 // ---- confirms and returns ---------------------------------------------
 
-fn confirm_mode(b: &mut Broker, ch: u16) {
+fn confirm_mode(b: &mut Broker, ch: ChannelRef) {
     b.command(Command::Rpc {
         channel: ch,
         method: Method::ConfirmSelect(ConfirmSelect { nowait: false }),
@@ -810,11 +850,15 @@ fn a_mandatory_return_comes_with_the_confirm_that_follows_it() {
     let mut b = Broker::open(config());
     let ch = b.open_channel(1);
     confirm_mode(&mut b, ch);
-    b.command(publish(ch, b"lost", Some(1)));
+    let mut lost = publish(ch, b"lost", Some(1));
+    if let Command::Publish { method, .. } = &mut lost {
+        method.mandatory = true;
+    }
+    b.command(lost);
     b.client_frames();
     let mut wire = BytesMut::new();
     encode_message(
-        ch,
+        ch.id,
         &Method::BasicReturn(BasicReturn {
             reply_code: 312,
             reply_text: ShortString::from_static("NO_ROUTE"),

@@ -1,0 +1,684 @@
+//! The async API: the same operations as [`crate::blocking`], as futures and
+//! a `Stream` of deliveries.
+//!
+//! It needs no runtime: the connection's reactor thread does the I/O and
+//! wakes tasks through their `Waker`s, so it works under tokio (either
+//! flavour), smol, async-std or `futures::executor::block_on` alike.
+//!
+//! Operations are sent when called and their [`Call`] is awaited for the
+//! answer, so calls made without awaiting pipeline. Dropping a `Call`, or a
+//! [`Consumer`], mid-way never corrupts the channel: the answer is
+//! discarded, and a dropped consumer is cancelled with its unhanded
+//! deliveries requeued.
+//!
+//! [`Connection`], [`Channel`] and [`Consumer`] are `Send + Sync`.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), warren::Error> {
+//! use warren::nonblocking::Connection;
+//! use warren::options::{PublishOptions, QueueDeclareOptions};
+//! use warren::protocol::{BasicProperties, FieldTable};
+//!
+//! let connection = Connection::open("amqp://guest:guest@localhost:5672/%2f").await?;
+//! let channel = connection.open_channel().await?;
+//! channel.queue_declare("hello", QueueDeclareOptions::default(), FieldTable::new()).await?;
+//! channel
+//!     .basic_publish("", "hello", PublishOptions::default(), BasicProperties::default(), "hi")
+//!     .await?;
+//! connection.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use futures_core::Stream;
+
+use crate::error::Error;
+use crate::options::*;
+use crate::protocol::{
+    BasicAck, BasicCancel, BasicNack, BasicProperties, BasicReject, FieldTable, Method,
+    QueueDeclareOk, ShortString,
+};
+use crate::reactor::handle::{lock, ChannelShared, Completion, ConsumerQueue, Received, Shared};
+pub use crate::reactor::handle::{Call, ConnectionEvent};
+use crate::reactor::{self, HandshakeInfo};
+use crate::session::requests::{self, Request};
+use crate::session::{ChannelRef, Command, Confirmation, Delivery, Reply, ReturnedMessage};
+use crate::uri::ConnectionConfig;
+
+/// An open AMQP connection: one TCP socket, one reactor thread, any number
+/// of channels. Close it with [`Connection::close`]; dropping it closes it
+/// too, without waiting.
+pub struct Connection {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    info: HandshakeInfo,
+}
+
+impl Connection {
+    /// Connects to the broker at `uri` (`amqp://user:pass@host:port/vhost?heartbeat=..`).
+    pub async fn open(uri: &str) -> Result<Connection, Error> {
+        Self::open_with(ConnectionConfig::from_uri(uri)?).await
+    }
+
+    /// Connects with explicit settings.
+    pub async fn open_with(config: ConnectionConfig) -> Result<Connection, Error> {
+        for (value, what) in [(&config.vhost, "vhost"), (&config.locale, "locale")] {
+            requests::short(value, what)?;
+        }
+        let starting = reactor::start(config)?;
+        let handshake = Call::plain(starting.handshake, |_| Ok(())).await;
+        if let Err(e) = handshake {
+            let _ = starting.thread.join();
+            return Err(e);
+        }
+        let info = lock(&starting.shared.info).take().ok_or_else(|| {
+            Error::InvalidArgument("handshake finished without its results".into())
+        })?;
+        Ok(Connection {
+            shared: starting.shared,
+            thread: Mutex::new(Some(starting.thread)),
+            info,
+        })
+    }
+
+    /// Opens a channel on the lowest free channel number.
+    pub async fn open_channel(&self) -> Result<Channel, Error> {
+        let completion = Completion::new();
+        self.shared.submit(Command::OpenChannel {
+            reply: completion.clone(),
+        })?;
+        let id = Call::plain(completion, |reply| match reply {
+            Reply::ChannelOpened(id) => Ok(id),
+            other => Err(Error::InvalidArgument(format!(
+                "unexpected reply to channel.open: {other:?}"
+            ))),
+        })
+        .await?;
+        Ok(Channel {
+            channel: id,
+            state: self.shared.channel(id.id),
+            shared: self.shared.clone(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Closes the connection: sends connection.close and waits for close-ok
+    /// (at most 5 s).
+    pub async fn close(&self) -> Result<(), Error> {
+        let completion = Completion::new();
+        let sent = self.shared.submit(Command::Close {
+            code: 200,
+            text: ShortString::from_static("goodbye"),
+            reply: completion.clone(),
+        });
+        let result = match sent {
+            Ok(()) => Call::plain(completion, |_| Ok(())).await,
+            Err(e) => Err(e),
+        };
+        // The reactor thread ends right after close-ok: reap it.
+        if let Some(thread) = lock(&self.thread).take() {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+        match result {
+            Ok(()) | Err(Error::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next connection.blocked / unblocked notice, if one came.
+    pub fn try_next_event(&self) -> Option<ConnectionEvent> {
+        lock(&self.shared.events).pop_front()
+    }
+
+    /// Whether the broker has blocked publishing (a resource alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.shared.blocked.load(Ordering::Acquire)
+    }
+
+    /// Why the connection closed, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<Error> {
+        self.shared.check().err()
+    }
+
+    /// Sends connection.update-secret (a fresh token for OAuth 2 users).
+    pub fn update_secret(&self, new_secret: &str, reason: &str) -> Call<()> {
+        match requests::update_secret(new_secret, reason) {
+            Ok(request) => {
+                let completion = Completion::new();
+                let sent = request.method.clone();
+                match self.shared.submit(Command::ConnectionRpc {
+                    method: request.method,
+                    reply: completion.clone(),
+                }) {
+                    Ok(()) => Call::rpc(completion, sent, request.parse),
+                    Err(e) => Call::failed(e),
+                }
+            }
+            Err(e) => Call::failed(e),
+        }
+    }
+
+    /// The broker's connection.start properties (product, version, capabilities...).
+    pub fn server_properties(&self) -> &FieldTable {
+        &self.info.server_properties
+    }
+
+    /// The negotiated channel_max.
+    pub fn channel_max(&self) -> u16 {
+        self.info.channel_max
+    }
+
+    /// The negotiated frame_max.
+    pub fn frame_max(&self) -> u32 {
+        self.info.frame_max
+    }
+
+    /// The negotiated heartbeat interval in seconds (0: none).
+    pub fn heartbeat(&self) -> u16 {
+        self.info.heartbeat
+    }
+
+    /// Waits for the reactor thread to end (after a close).
+    pub(crate) fn join(&self) {
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Connection {
+    /// Starts an orderly close without waiting for it.
+    fn drop(&mut self) {
+        if self.shared.check().is_ok() {
+            let _ = self.shared.submit(Command::Close {
+                code: 200,
+                text: ShortString::from_static("goodbye"),
+                reply: Completion::new(),
+            });
+        }
+    }
+}
+
+/// Sends a synchronous method on `channel`; the returned call reads its answer.
+fn rpc<T>(shared: &Shared, channel: ChannelRef, request: Request<T>) -> Call<T> {
+    let completion = Completion::new();
+    let sent = request.method.clone();
+    match shared.submit(Command::Rpc {
+        channel,
+        method: request.method,
+        reply: completion.clone(),
+    }) {
+        Ok(()) => Call::rpc(completion, sent, request.parse),
+        Err(e) => Call::failed(e),
+    }
+}
+
+/// A channel: where exchanges, queues, publishes and consumers live. Close
+/// it with [`Channel::close`]; dropping it closes it too, without waiting.
+pub struct Channel {
+    channel: ChannelRef,
+    shared: Arc<Shared>,
+    state: Arc<ChannelShared>,
+    closed: AtomicBool,
+}
+
+impl Channel {
+    /// The channel number.
+    pub fn id(&self) -> u16 {
+        self.channel.id
+    }
+
+    /// Whether the channel is usable: not closed by the broker, the
+    /// connection, or this handle.
+    fn check(&self) -> Result<(), Error> {
+        self.check_open()?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Whether neither the broker nor the connection closed the channel.
+    fn check_open(&self) -> Result<(), Error> {
+        self.state.check()?;
+        self.shared.check()
+    }
+
+    fn call<T>(&self, request: Result<Request<T>, Error>) -> Call<T> {
+        match request.and_then(|r| self.check().map(|()| r)) {
+            Ok(request) => rpc(&self.shared, self.channel, request),
+            Err(e) => Call::failed(e),
+        }
+    }
+
+    fn send(&self, method: Method) -> Result<(), Error> {
+        self.check()?;
+        self.shared.submit(Command::Send {
+            channel: self.channel,
+            method,
+        })
+    }
+
+    /// Declares an exchange (exchange.declare).
+    pub fn exchange_declare(
+        &self,
+        exchange: &str,
+        kind: ExchangeKind,
+        options: ExchangeDeclareOptions,
+        arguments: FieldTable,
+    ) -> Call<()> {
+        let request = requests::exchange_declare(exchange, &kind, options, arguments);
+        self.call(request)
+    }
+
+    /// Deletes an exchange (exchange.delete).
+    pub fn exchange_delete(&self, exchange: &str, options: ExchangeDeleteOptions) -> Call<()> {
+        self.call(requests::exchange_delete(exchange, options))
+    }
+
+    /// Routes messages from `source` to `destination` exchange (exchange.bind,
+    /// a RabbitMQ extension).
+    pub fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Call<()> {
+        let request = requests::exchange_bind(destination, source, routing_key, false, arguments);
+        self.call(request)
+    }
+
+    /// Removes an exchange-to-exchange binding (exchange.unbind).
+    pub fn exchange_unbind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Call<()> {
+        let request = requests::exchange_unbind(destination, source, routing_key, false, arguments);
+        self.call(request)
+    }
+
+    /// Declares a queue (queue.declare); an empty name asks the broker to
+    /// name it, and the answer carries the name.
+    pub fn queue_declare(
+        &self,
+        queue: &str,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) -> Call<QueueDeclareOk> {
+        self.call(requests::queue_declare(queue, options, arguments))
+    }
+
+    /// Binds a queue to an exchange (queue.bind).
+    pub fn queue_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Call<()> {
+        let request = requests::queue_bind(queue, exchange, routing_key, false, arguments);
+        self.call(request)
+    }
+
+    /// Removes a queue binding (queue.unbind).
+    pub fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Call<()> {
+        let request = requests::queue_unbind(queue, exchange, routing_key, arguments);
+        self.call(request)
+    }
+
+    /// Removes every ready message from a queue; answers how many (queue.purge).
+    pub fn queue_purge(&self, queue: &str) -> Call<u32> {
+        self.call(requests::queue_purge(queue, false))
+    }
+
+    /// Deletes a queue; answers how many messages it held (queue.delete).
+    pub fn queue_delete(&self, queue: &str, options: QueueDeleteOptions) -> Call<u32> {
+        self.call(requests::queue_delete(queue, options))
+    }
+
+    /// Limits unacknowledged deliveries: per consumer, or shared by the
+    /// channel when `global` (RabbitMQ's reading of basic.qos).
+    pub fn basic_qos(&self, prefetch_count: u16, global: bool) -> Call<()> {
+        self.call(Ok(requests::basic_qos(prefetch_count, 0, global)))
+    }
+
+    /// Publishes a message (basic.publish). Completes once the message is
+    /// queued for the socket; waits first while the write buffer is past its
+    /// high-water mark or the broker has blocked the connection.
+    pub async fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: BasicProperties,
+        body: impl Into<Bytes>,
+    ) -> Result<(), Error> {
+        let method = requests::basic_publish(exchange, routing_key, options)?;
+        self.wait_for_room().await?;
+        self.submit_publish(method, properties, body.into(), None)
+    }
+
+    /// Publishes a message on a channel in confirm mode; the returned call
+    /// completes with the broker's confirm.
+    pub async fn basic_publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: PublishOptions,
+        properties: BasicProperties,
+        body: impl Into<Bytes>,
+    ) -> Result<Call<Confirmation>, Error> {
+        let method = requests::basic_publish(exchange, routing_key, options)?;
+        self.wait_for_room().await?;
+        let completion = Completion::new();
+        self.submit_publish(method, properties, body.into(), Some(completion.clone()))?;
+        Ok(Call::plain(completion, requests::confirmation))
+    }
+
+    /// Ready when there is room to publish (see [`Channel::basic_publish`]).
+    pub(crate) async fn wait_for_room(&self) -> Result<(), Error> {
+        std::future::poll_fn(|cx| self.shared.poll_room(cx)).await
+    }
+
+    /// Queues a publish without waiting for room.
+    pub(crate) fn submit_publish(
+        &self,
+        method: crate::protocol::BasicPublish,
+        properties: BasicProperties,
+        body: Bytes,
+        confirm: Option<Arc<Completion>>,
+    ) -> Result<(), Error> {
+        self.check()?;
+        self.shared.submit(Command::Publish {
+            channel: self.channel,
+            method,
+            properties,
+            body,
+            confirm,
+        })
+    }
+
+    /// Starts a consumer on `queue` (basic.consume); an empty `consumer_tag`
+    /// lets the broker choose one.
+    pub async fn basic_consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        options: ConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<Consumer, Error> {
+        let (method, parse) = requests::basic_consume(queue, consumer_tag, options, arguments)?;
+        self.check()?;
+        let buffer = ConsumerQueue::new(self.channel, !options.no_ack);
+        let completion = Completion::new();
+        let sent = Method::BasicConsume(method.clone());
+        self.shared.submit(Command::Consume {
+            channel: self.channel,
+            method,
+            consumer: buffer.clone(),
+            reply: completion.clone(),
+        })?;
+        let tag = Call::rpc(completion, sent, parse).await?;
+        Ok(Consumer {
+            tag,
+            channel: self.channel,
+            shared: self.shared.clone(),
+            buffer,
+            done: AtomicBool::new(false),
+        })
+    }
+
+    /// Cancels a consumer by tag (basic.cancel).
+    pub fn basic_cancel(&self, consumer_tag: &str) -> Call<()> {
+        self.call(requests::basic_cancel(consumer_tag))
+    }
+
+    /// Fetches one message, or `None` when the queue is empty (basic.get).
+    /// Answers the message and the count left in the queue.
+    pub fn basic_get(&self, queue: &str, no_ack: bool) -> Call<Option<(Delivery, u32)>> {
+        self.call(requests::basic_get(queue, no_ack))
+    }
+
+    /// Acknowledges a delivery, or with `multiple` every one up to it.
+    pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), Error> {
+        self.send(Method::BasicAck(BasicAck {
+            delivery_tag,
+            multiple,
+        }))
+    }
+
+    /// Rejects one delivery or, with `multiple`, every one up to it
+    /// (basic.nack), requeueing them or not.
+    pub fn basic_nack(
+        &self,
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    ) -> Result<(), Error> {
+        self.send(Method::BasicNack(BasicNack {
+            delivery_tag,
+            multiple,
+            requeue,
+        }))
+    }
+
+    /// Rejects one delivery (basic.reject).
+    pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), Error> {
+        self.send(Method::BasicReject(BasicReject {
+            delivery_tag,
+            requeue,
+        }))
+    }
+
+    /// Redelivers every unacknowledged message of the channel (basic.recover).
+    pub fn basic_recover(&self, requeue: bool) -> Call<()> {
+        self.call(Ok(requests::basic_recover(requeue)))
+    }
+
+    /// Puts the channel in confirm mode (confirm.select, a RabbitMQ extension).
+    pub fn confirm_select(&self) -> Call<()> {
+        self.call(Ok(requests::confirm_select()))
+    }
+
+    /// Completes when every message published so far on the channel is
+    /// confirmed: `true` if all were acked, `false` if any was nacked.
+    pub fn wait_for_confirms(&self) -> Call<bool> {
+        if let Err(e) = self.check() {
+            return Call::failed(e);
+        }
+        let completion = Completion::new();
+        match self.shared.submit(Command::WaitForConfirms {
+            channel: self.channel,
+            reply: completion.clone(),
+        }) {
+            Ok(()) => Call::plain(completion, |r| {
+                requests::confirmation(r).map(|c| c.is_ack())
+            }),
+            Err(e) => Call::failed(e),
+        }
+    }
+
+    /// The next mandatory message the broker returned, if any.
+    pub fn try_next_return(&self) -> Option<ReturnedMessage> {
+        lock(&self.state.returns).pop_front()
+    }
+
+    /// Puts the channel in transaction mode (tx.select).
+    pub fn tx_select(&self) -> Call<()> {
+        self.call(Ok(requests::tx_select()))
+    }
+
+    /// Commits the current transaction (tx.commit).
+    pub fn tx_commit(&self) -> Call<()> {
+        self.call(Ok(requests::tx_commit()))
+    }
+
+    /// Abandons the current transaction (tx.rollback).
+    pub fn tx_rollback(&self) -> Call<()> {
+        self.call(Ok(requests::tx_rollback()))
+    }
+
+    /// Asks the broker to pause (`false`) or resume deliveries (channel.flow).
+    /// RabbitMQ refuses `false` with 540 NOT_IMPLEMENTED; use basic_qos.
+    pub fn channel_flow(&self, active: bool) -> Call<bool> {
+        self.call(Ok(requests::channel_flow(active)))
+    }
+
+    /// Whether the broker paused publishing on this channel (channel.flow).
+    pub fn is_flow_paused(&self) -> bool {
+        self.state.flow_paused.load(Ordering::Acquire)
+    }
+
+    /// Why the channel closed, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<Error> {
+        self.check().err()
+    }
+
+    /// Closes the channel (channel.close); completes on close-ok.
+    pub fn close(&self) -> Call<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Call::plain(done_now(), |_| Ok(()));
+        }
+        if let Err(e) = self.check_open() {
+            return Call::failed(e);
+        }
+        let completion = Completion::new();
+        match self.shared.submit(Command::CloseChannel {
+            channel: self.channel,
+            code: 200,
+            text: ShortString::from_static("goodbye"),
+            reply: completion.clone(),
+        }) {
+            Ok(()) => Call::plain(completion, |_| Ok(())),
+            Err(e) => Call::failed(e),
+        }
+    }
+}
+
+/// A completion that is already complete.
+fn done_now() -> Arc<Completion> {
+    let c = Completion::new();
+    c.complete(Ok(Reply::Sent));
+    c
+}
+
+impl Drop for Channel {
+    /// Starts closing the channel without waiting.
+    fn drop(&mut self) {
+        if !self.closed.swap(true, Ordering::AcqRel) && self.check_open().is_ok() {
+            let _ = self.shared.submit(Command::CloseChannel {
+                channel: self.channel,
+                code: 200,
+                text: ShortString::from_static("goodbye"),
+                reply: Completion::new(),
+            });
+        }
+    }
+}
+
+/// The deliveries of one consumer, as a `Stream`. It ends when the consumer
+/// is cancelled, and yields one `Err` first if it ended for another reason
+/// (its channel or connection closed, or the broker cancelled it).
+///
+/// Its buffer holds what the broker sent and the application has not taken
+/// yet, bounded by the channel's prefetch (basic_qos) for acknowledged
+/// consumers. Dropping it cancels the consumer and requeues that buffer.
+pub struct Consumer {
+    tag: ShortString,
+    channel: ChannelRef,
+    shared: Arc<Shared>,
+    buffer: Arc<ConsumerQueue>,
+    done: AtomicBool,
+}
+
+impl Consumer {
+    /// The consumer tag.
+    pub fn tag(&self) -> &str {
+        self.tag.as_str().unwrap_or_default()
+    }
+
+    /// The next delivery; `Ok(None)` once the consumer has ended normally.
+    pub async fn recv(&self) -> Result<Option<Delivery>, Error> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next delivery.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Option<Delivery>, Error>> {
+        if self.done.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(None));
+        }
+        self.buffer.poll_recv(cx).map(|received| match received {
+            Received::Delivery(d) => Ok(Some(d)),
+            Received::Ended(reason) => {
+                self.done.store(true, Ordering::Release);
+                reason.map(|()| None)
+            }
+        })
+    }
+
+    /// Cancels the consumer (basic.cancel); completes on cancel-ok. Messages
+    /// already buffered can still be received afterwards.
+    pub fn cancel(&self) -> Call<()> {
+        match requests::basic_cancel(self.tag()) {
+            Ok(request) => rpc(&self.shared, self.channel, request),
+            Err(e) => Call::failed(e),
+        }
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_recv(cx).map(Result::transpose)
+    }
+}
+
+impl Drop for Consumer {
+    /// Cancels the consumer and requeues what it buffered but never handed
+    /// out (acknowledged consumers only: auto-ack messages are gone).
+    fn drop(&mut self) {
+        if self.done.load(Ordering::Acquire) || self.shared.check().is_err() {
+            return;
+        }
+        let _ = self.shared.submit(Command::Rpc {
+            channel: self.channel,
+            method: Method::BasicCancel(BasicCancel {
+                consumer_tag: self.tag.clone(),
+                no_wait: false,
+            }),
+            reply: Completion::new(),
+        });
+        let unhanded = self.buffer.abandon();
+        if self.buffer.acknowledged {
+            for delivery in unhanded {
+                let _ = self.shared.submit(Command::Send {
+                    channel: self.channel,
+                    method: Method::BasicReject(BasicReject {
+                        delivery_tag: delivery.delivery_tag,
+                        requeue: true,
+                    }),
+                });
+            }
+        }
+    }
+}
