@@ -2,10 +2,15 @@
 //!
 //! An AMQP 0-9-1 client library for RabbitMQ and any 0-9-1 broker.
 //!
-//! Today warren is its protocol layer: the frame codec, generated from the
-//! spec XML, with a zero-copy incremental parser over [`bytes::Bytes`]. The
-//! session core, the I/O reactor and the blocking and async client APIs build
-//! on it.
+//! - [`blocking`]: a synchronous client; [`nonblocking`]: the same as futures
+//!   and a `Stream` of deliveries, on any executor. See the README for a
+//!   quick start.
+//! - [`protocol`]: the frame codec, generated from the spec XML, with a
+//!   zero-copy incremental parser over [`bytes::Bytes`]. Usable on its own,
+//!   as below.
+//!
+//! Under both APIs, a sans-IO session core holds every protocol rule and one
+//! `mio` event loop thread per connection does the I/O.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -43,6 +48,12 @@ pub mod protocol;
 mod reactor;
 mod session;
 pub mod uri;
+
+/// The README's examples run as doc-tests (they need the broker at
+/// 127.0.0.1:5672, like the other integration tests).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use error::{DecodeError, DecodeErrorKind, Error, Result};
 pub use session::{Confirmation, Delivery, ReturnedMessage};
