@@ -58,3 +58,22 @@ pub struct ReadmeDoctests;
 pub use error::{DecodeError, DecodeErrorKind, Error, Result};
 pub use session::{Confirmation, Delivery, ReturnedMessage};
 pub use uri::{AuthMechanism, ConnectionConfig};
+
+/// The handles are meant to be shared across threads and tasks.
+#[cfg(test)]
+mod thread_safety {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn every_handle_is_send_and_sync() {
+        send_sync::<crate::blocking::Connection>();
+        send_sync::<crate::blocking::Channel>();
+        send_sync::<crate::blocking::Consumer>();
+        send_sync::<crate::blocking::PublishConfirm>();
+        send_sync::<crate::nonblocking::Connection>();
+        send_sync::<crate::nonblocking::Channel>();
+        send_sync::<crate::nonblocking::Consumer>();
+        send_sync::<crate::nonblocking::Call<crate::Confirmation>>();
+        send_sync::<crate::Error>();
+    }
+}
