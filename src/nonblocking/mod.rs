@@ -122,12 +122,12 @@ impl Connection {
             Ok(()) => Call::plain(completion, |_| Ok(())).await,
             Err(e) => Err(e),
         };
-        // The reactor thread ends right after close-ok: reap it.
-        if let Some(thread) = lock(&self.thread).take() {
-            if thread.is_finished() {
-                let _ = thread.join();
-            }
+        // The reactor thread ends right after close-ok: reap it if it has.
+        let mut thread = lock(&self.thread);
+        if thread.as_ref().is_some_and(JoinHandle::is_finished) {
+            let _ = thread.take().map(JoinHandle::join);
         }
+        drop(thread);
         match result {
             Ok(()) | Err(Error::Closed) => Ok(()),
             Err(e) => Err(e),

@@ -730,17 +730,19 @@ impl<R, C: Clone> Session<R, C> {
         self.state = State::Closed;
         self.close_deadline = None;
         self.handshake_deadline = None;
+        self.error = Some(error.clone());
+        // Handles learn the connection is closed before any call they wait
+        // on completes, so what they see next is consistent.
+        self.out.events.push_back(Event::Closed(error.clone()));
         self.fail_everything(&error);
         if let Some(reply) = self.close_reply.take() {
             let result = if matches!(error, Error::Closed) {
                 Ok(Reply::Sent)
             } else {
-                Err(error.clone())
+                Err(error)
             };
             self.out.done(reply, result);
         }
-        self.error = Some(error.clone());
-        self.out.events.push_back(Event::Closed(error));
     }
 
     fn fail_everything(&mut self, error: &Error) {

@@ -48,3 +48,4 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     frame.encode(&mut buf);
     buf.to_vec()
 }
+pub mod broker;
