@@ -543,25 +543,12 @@ field_value_from! {
     FieldTable => Table, FieldArray => Array,
 }
 
-/// How a value parser treats nested tables and arrays: walk and check them
-/// (with the nesting budget left), or slice them unchecked because the
-/// enclosing table was checked when its frame was parsed.
-#[derive(Clone, Copy)]
-enum Nesting {
-    Check(usize),
-    Trusted,
-}
-
-/// Parses one tagged value. Nested tables and arrays are checked or trusted as
-/// `nesting` says; either way they become views of `src`, never copies.
-fn field_value<'a>(
-    src: Option<&Bytes>,
-    i: &'a [u8],
-    nesting: Nesting,
-) -> WireResult<'a, FieldValue> {
-    let view = |bytes: &[u8]| src.map_or_else(Bytes::new, |s| s.slice_ref(bytes));
+/// Parses one tagged value of a table or array that was checked when it was
+/// built or parsed. Strings and nested tables and arrays become views of
+/// `src`, never copies.
+fn field_value<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, FieldValue> {
     let (i, tag) = be_u8(i)?;
-    let value = match tag {
+    match tag {
         b't' => be_u8(i).map(|(i, v)| (i, FieldValue::Bool(v != 0))),
         b'b' => be_i8(i).map(|(i, v)| (i, FieldValue::I8(v))),
         b'B' => be_u8(i).map(|(i, v)| (i, FieldValue::U8(v))),
@@ -578,40 +565,67 @@ fn field_value<'a>(
             let (i, value) = be_u32(i)?;
             Ok((i, FieldValue::Decimal(Decimal { scale, value })))
         }
-        b'S' => long_bytes(i).map(|(i, b)| (i, FieldValue::LongString(LongString(view(b))))),
-        b'x' => long_bytes(i).map(|(i, b)| (i, FieldValue::ByteArray(view(b)))),
+        b'S' => {
+            long_bytes(i).map(|(i, b)| (i, FieldValue::LongString(LongString(src.slice_ref(b)))))
+        }
+        b'x' => long_bytes(i).map(|(i, b)| (i, FieldValue::ByteArray(src.slice_ref(b)))),
         b'T' => be_u64(i).map(|(i, v)| (i, FieldValue::Timestamp(v))),
         b'V' => Ok((i, FieldValue::Void)),
+        b'F' => long_bytes(i).map(|(i, b)| (i, FieldValue::Table(FieldTable(src.slice_ref(b))))),
+        b'A' => long_bytes(i).map(|(i, b)| (i, FieldValue::Array(FieldArray(src.slice_ref(b))))),
+        _ => unknown_tag(i, tag),
+    }
+}
+
+/// Fails at the tag just read (one byte before `after_tag`).
+fn unknown_tag<T>(after_tag: &[u8], tag: u8) -> WireResult<'_, T> {
+    Err(nom::Err::Error(WireError {
+        at: after_tag.as_ptr() as usize - 1,
+        kind: DecodeErrorKind::UnknownFieldType { tag },
+        context: "",
+    }))
+}
+
+/// Bytes after the tag that a value of fixed width takes.
+fn fixed_width(tag: u8) -> Option<usize> {
+    Some(match tag {
+        b'V' => 0,
+        b't' | b'b' | b'B' => 1,
+        b's' | b'u' => 2,
+        b'I' | b'i' | b'f' => 4,
+        b'D' => 5,
+        b'l' | b'L' | b'd' | b'T' => 8,
+        _ => return None,
+    })
+}
+
+/// Checks one tagged value without building it: fixed widths are skipped,
+/// lengths checked against what is left, nested tables and arrays walked
+/// with `depth_left` levels to go.
+fn check_value(i: &[u8], depth_left: usize) -> WireResult<'_, ()> {
+    let (i, tag) = be_u8(i)?;
+    if let Some(width) = fixed_width(tag) {
+        return match i.get(width..) {
+            Some(rest) => Ok((rest, ())),
+            None => fail(i, DecodeErrorKind::Truncated),
+        };
+    }
+    match tag {
+        b'S' | b'x' => long_bytes(i).map(|(rest, _)| (rest, ())),
         b'F' | b'A' => {
             let (rest, body) = long_bytes(i)?;
-            if let Nesting::Check(depth_left) = nesting {
-                if depth_left == 0 {
-                    return fail(i, DecodeErrorKind::NestingTooDeep { limit: MAX_NESTING });
-                }
-                if tag == b'F' {
-                    validate_table(body, depth_left - 1)?;
-                } else {
-                    validate_array(body, depth_left - 1)?;
-                }
+            if depth_left == 0 {
+                return fail(i, DecodeErrorKind::NestingTooDeep { limit: MAX_NESTING });
             }
-            let value = if tag == b'F' {
-                FieldValue::Table(FieldTable(view(body)))
+            if tag == b'F' {
+                validate_table(body, depth_left - 1)?;
             } else {
-                FieldValue::Array(FieldArray(view(body)))
-            };
-            Ok((rest, value))
+                validate_array(body, depth_left - 1)?;
+            }
+            Ok((rest, ()))
         }
-        _ => {
-            // Point at the tag itself.
-            let at = i.as_ptr() as usize - 1;
-            return Err(nom::Err::Error(WireError {
-                at,
-                kind: DecodeErrorKind::UnknownFieldType { tag },
-                context: "",
-            }));
-        }
-    }?;
-    Ok(value)
+        _ => unknown_tag(i, tag),
+    }
 }
 
 /// Checks that `body` is a well-formed sequence of table entries.
@@ -619,7 +633,7 @@ fn validate_table(mut body: &[u8], depth_left: usize) -> Result<(), nom::Err<Wir
     while !body.is_empty() {
         let (rest, key_len) = be_u8(body)?;
         let (rest, _key) = take_len(rest, u64::from(key_len))?;
-        let (rest, _value) = field_value(None, rest, Nesting::Check(depth_left))?;
+        let (rest, ()) = check_value(rest, depth_left)?;
         body = rest;
     }
     Ok(())
@@ -628,7 +642,7 @@ fn validate_table(mut body: &[u8], depth_left: usize) -> Result<(), nom::Err<Wir
 /// Checks that `body` is a well-formed sequence of array values.
 fn validate_array(mut body: &[u8], depth_left: usize) -> Result<(), nom::Err<WireError>> {
     while !body.is_empty() {
-        let (rest, _value) = field_value(None, body, Nesting::Check(depth_left))?;
+        let (rest, ()) = check_value(body, depth_left)?;
         body = rest;
     }
     Ok(())
@@ -771,7 +785,7 @@ impl Iterator for TableIter<'_> {
         // The table was checked when it was built or parsed; a failure here
         // cannot happen, and ends the iteration rather than panic.
         let (rest, key) = shortstr(self.src, self.rest).ok()?;
-        let (rest, value) = field_value(Some(self.src), rest, Nesting::Trusted).ok()?;
+        let (rest, value) = field_value(self.src, rest).ok()?;
         self.rest = rest;
         Some((key, value))
     }
@@ -857,7 +871,7 @@ impl Iterator for ArrayIter<'_> {
         if self.rest.is_empty() {
             return None;
         }
-        let (rest, value) = field_value(Some(self.src), self.rest, Nesting::Trusted).ok()?;
+        let (rest, value) = field_value(self.src, self.rest).ok()?;
         self.rest = rest;
         Some(value)
     }
