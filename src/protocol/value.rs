@@ -110,7 +110,7 @@ fn take_len(i: &[u8], len: u64) -> WireResult<'_, &[u8]> {
 pub(crate) fn shortstr<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, ShortString> {
     let (rest, len) = be_u8(i)?;
     let (rest, bytes) = take_len(rest, u64::from(len))?;
-    Ok((rest, ShortString(src.slice_ref(bytes))))
+    Ok((rest, ShortString::from_frame(src, bytes)))
 }
 
 /// Parses a long string (a 32-bit length, then the bytes) as a view of `src`.
@@ -132,8 +132,9 @@ pub(crate) fn table<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, FieldTable> 
 }
 
 pub(crate) fn put_shortstr(buf: &mut impl BufMut, s: &ShortString) {
-    buf.put_u8(s.0.len() as u8);
-    buf.put_slice(&s.0);
+    let bytes = s.as_bytes();
+    buf.put_u8(bytes.len() as u8);
+    buf.put_slice(bytes);
 }
 
 pub(crate) fn put_longstr(buf: &mut impl BufMut, s: &LongString) {
@@ -149,13 +150,58 @@ pub(crate) fn put_table(buf: &mut impl BufMut, t: &FieldTable) {
 // ---------------------------------------------------------------------------
 // Strings.
 
-/// An AMQP short string: at most 255 bytes, a zero-copy view of the frame it
-/// arrived in.
+/// An AMQP short string: at most 255 bytes.
+///
+/// Strings of up to [`ShortString::INLINE_LEN`] bytes (most routing keys,
+/// consumer tags, exchange and queue names) are held inline: copying them is
+/// cheaper than sharing the frame's buffer, and costs no allocation. Longer
+/// ones are zero-copy views of the frame they arrived in.
 ///
 /// AMQP does not require short strings to be UTF-8 and warren keeps them
 /// byte for byte; [`ShortString::as_str`] tells whether they are.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ShortString(Bytes);
+#[derive(Clone)]
+pub struct ShortString(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline {
+        len: u8,
+        bytes: [u8; ShortString::INLINE_LEN],
+    },
+    Shared(Bytes),
+}
+
+impl Default for ShortString {
+    fn default() -> Self {
+        ShortString::empty()
+    }
+}
+
+impl PartialEq for ShortString {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for ShortString {}
+
+impl PartialOrd for ShortString {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ShortString {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+impl std::hash::Hash for ShortString {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
 
 /// A string was longer than the 255 bytes a short string can hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,9 +226,15 @@ impl ShortString {
     /// The largest length a short string can have.
     pub const MAX_LEN: usize = 255;
 
+    /// Strings up to this length are held inline rather than shared.
+    pub const INLINE_LEN: usize = 23;
+
     /// The empty string.
     pub const fn empty() -> Self {
-        ShortString(Bytes::new())
+        ShortString(Repr::Inline {
+            len: 0,
+            bytes: [0; Self::INLINE_LEN],
+        })
     }
 
     /// A short string from a literal, without copying.
@@ -194,52 +246,82 @@ impl ShortString {
             s.len() <= Self::MAX_LEN,
             "short strings hold at most 255 bytes"
         );
-        ShortString(Bytes::from_static(s.as_bytes()))
+        ShortString(Repr::Shared(Bytes::from_static(s.as_bytes())))
     }
 
     /// A short string from any bytes, or an error when they exceed 255.
     pub fn from_bytes(bytes: impl Into<Bytes>) -> Result<Self, ShortStringTooLong> {
         let bytes = bytes.into();
-        if bytes.len() > Self::MAX_LEN {
-            return Err(ShortStringTooLong { len: bytes.len() });
+        match bytes.len() {
+            len if len > Self::MAX_LEN => Err(ShortStringTooLong { len }),
+            len if len <= Self::INLINE_LEN => Ok(Self::inline(&bytes)),
+            _ => Ok(ShortString(Repr::Shared(bytes))),
         }
-        Ok(ShortString(bytes))
+    }
+
+    /// A copy of `bytes`, which must fit inline.
+    fn inline(bytes: &[u8]) -> Self {
+        let mut inline = [0; Self::INLINE_LEN];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        ShortString(Repr::Inline {
+            len: bytes.len() as u8,
+            bytes: inline,
+        })
+    }
+
+    /// `bytes`, a slice of `frame` at most 255 long: copied if short, else shared.
+    fn from_frame(frame: &Bytes, bytes: &[u8]) -> Self {
+        if bytes.len() <= Self::INLINE_LEN {
+            Self::inline(bytes)
+        } else {
+            ShortString(Repr::Shared(frame.slice_ref(bytes)))
+        }
     }
 
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared(b) => b,
+        }
     }
 
     /// The string as UTF-8, or `None` when the peer sent other bytes.
     pub fn as_str(&self) -> Option<&str> {
-        std::str::from_utf8(&self.0).ok()
+        std::str::from_utf8(self.as_bytes()).ok()
     }
 
     /// The string as UTF-8, with invalid sequences replaced by U+FFFD.
     pub fn to_str_lossy(&self) -> Cow<'_, str> {
-        String::from_utf8_lossy(&self.0)
+        String::from_utf8_lossy(self.as_bytes())
     }
 
-    /// The underlying bytes, without copying.
+    /// The bytes as [`Bytes`]: the shared view of a long string, a copy of
+    /// an inline one.
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        match self.0 {
+            Repr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            Repr::Shared(b) => b,
+        }
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
     /// Whether the string is empty.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 }
 
 impl TryFrom<&str> for ShortString {
     type Error = ShortStringTooLong;
     fn try_from(s: &str) -> Result<Self, Self::Error> {
+        if s.len() <= Self::INLINE_LEN {
+            return Ok(Self::inline(s.as_bytes()));
+        }
         Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
@@ -253,13 +335,13 @@ impl TryFrom<String> for ShortString {
 
 impl PartialEq<str> for ShortString {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other.as_bytes()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
 impl PartialEq<&str> for ShortString {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == other.as_bytes()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -923,7 +1005,10 @@ mod arbitrary_impls {
     impl<'a> Arbitrary<'a> for ShortString {
         fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
             let len = u.int_in_range(0..=ShortString::MAX_LEN)?.min(u.len());
-            Ok(ShortString(Bytes::copy_from_slice(u.bytes(len)?)))
+            Ok(
+                ShortString::from_bytes(Bytes::copy_from_slice(u.bytes(len)?))
+                    .expect("at most 255"),
+            )
         }
     }
 
@@ -998,5 +1083,41 @@ mod arbitrary_impls {
         fn arbitrary(u: &mut Unstructured<'a>) -> Result<Self> {
             array(u, DEPTH)
         }
+    }
+}
+
+#[cfg(test)]
+mod short_string_tests {
+    use super::*;
+
+    #[test]
+    fn a_short_string_is_no_larger_than_a_bytes_view() {
+        assert_eq!(
+            std::mem::size_of::<ShortString>(),
+            std::mem::size_of::<Bytes>()
+        );
+    }
+
+    #[test]
+    fn short_ones_are_inline_and_long_ones_share_the_frame() {
+        let frame = Bytes::from(vec![b'x'; 100]);
+        let short = ShortString::from_frame(&frame, &frame[..ShortString::INLINE_LEN]);
+        assert!(matches!(short.0, Repr::Inline { .. }));
+        let long = ShortString::from_frame(&frame, &frame[..ShortString::INLINE_LEN + 1]);
+        assert_eq!(
+            long.as_bytes().as_ptr(),
+            frame.as_ptr(),
+            "a view, not a copy"
+        );
+        assert_eq!(short.len(), ShortString::INLINE_LEN);
+        // Equality, order and hashing are by content, whatever the representation.
+        let inline = ShortString::try_from("abc").unwrap();
+        let shared = ShortString::from_static("abc");
+        assert_eq!(inline, shared);
+        assert_eq!(inline.cmp(&shared), std::cmp::Ordering::Equal);
+        let state = std::hash::RandomState::new();
+        let hash = |s: &ShortString| std::hash::BuildHasher::hash_one(&state, s);
+        assert_eq!(hash(&inline), hash(&shared));
+        assert_eq!(inline.into_bytes(), Bytes::from_static(b"abc"));
     }
 }
