@@ -97,6 +97,16 @@ pub enum Error {
     /// An argument can't be sent as given (a name over 255 bytes, a bad URI,
     /// a delivery tag already acknowledged...). Nothing was sent.
     InvalidArgument(String),
+    /// The delivery tag is not one this channel delivered and has not yet
+    /// settled: acknowledged twice, never delivered, or delivered on another
+    /// channel (tags are per channel). Nothing was sent, and the channel stays
+    /// open (the broker would have closed it with 406).
+    UnknownDeliveryTag {
+        /// The channel the ack was made on.
+        channel: u16,
+        /// The tag.
+        delivery_tag: u64,
+    },
     /// The broker cancelled the consumer (its queue was deleted, or the node
     /// holding it went away). Consume again, perhaps from another queue.
     ConsumerCancelled {
@@ -126,6 +136,7 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::ChannelMaxReached { .. }
                 | Error::InvalidArgument(_)
+                | Error::UnknownDeliveryTag { .. }
                 | Error::ConsumerCancelled { .. }
         )
     }
@@ -166,6 +177,11 @@ impl fmt::Display for Error {
                 write!(f, "all {channel_max} channel numbers are in use")
             }
             Error::InvalidArgument(text) => write!(f, "invalid argument: {text}"),
+            Error::UnknownDeliveryTag { channel, delivery_tag } => write!(
+                f,
+                "delivery tag {delivery_tag} is not outstanding on channel {channel}: \
+                 acknowledged already, never delivered, or delivered on another channel"
+            ),
             Error::ConsumerCancelled { consumer_tag } => {
                 write!(f, "consumer {consumer_tag} was cancelled by the broker")
             }

@@ -1820,9 +1820,47 @@ fn acks_nacks_and_rejects_settle_single_and_multiple_deliveries() {
         get(&observer, &queue).is_none(),
         "settled messages came back"
     );
-    // Acknowledging an unknown tag is a channel exception (406).
-    observer.basic_ack(999, false).unwrap();
-    channel_closed(observer.basic_qos(1, false), 406);
+    // Acknowledging an unknown tag is caught locally, with a typed error,
+    // before the broker would close the channel with 406: it stays open.
+    assert!(matches!(
+        observer.basic_ack(999, false),
+        Err(Error::UnknownDeliveryTag {
+            delivery_tag: 999,
+            ..
+        })
+    ));
+    observer.basic_qos(1, false).unwrap();
+    connection.close().unwrap();
+}
+
+#[test]
+fn acking_twice_or_on_another_channel_is_refused_locally_and_nothing_is_sent() {
+    let connection = connect();
+    let channel = connection.open_channel().unwrap();
+    let other = connection.open_channel().unwrap();
+    let queue = exclusive_queue(&channel);
+    publish(&channel, "", &queue, "once");
+    publish(&channel, "", &queue, "twice");
+    let consumer = consume(&channel, &queue);
+    let first = next(&consumer);
+    let second = next(&consumer);
+    channel.basic_ack(first.delivery_tag, false).unwrap();
+    for (on, tag) in [
+        (&channel, first.delivery_tag),
+        (&other, second.delivery_tag),
+    ] {
+        match on.basic_ack(tag, false) {
+            Err(Error::UnknownDeliveryTag { delivery_tag, .. }) => assert_eq!(delivery_tag, tag),
+            other => panic!("acking tag {tag} again or elsewhere gave {other:?}"),
+        }
+    }
+    // Both channels are still open and the second tag can still be settled.
+    channel
+        .basic_nack(second.delivery_tag, false, false)
+        .unwrap();
+    other.basic_qos(1, false).unwrap();
+    channel.basic_qos(1, false).unwrap();
+    assert!(channel.close_reason().is_none() && other.close_reason().is_none());
     connection.close().unwrap();
 }
 

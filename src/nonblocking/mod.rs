@@ -428,7 +428,7 @@ impl Channel {
     ) -> Result<Consumer, Error> {
         let (method, parse) = requests::basic_consume(queue, consumer_tag, options, arguments)?;
         self.check()?;
-        let buffer = ConsumerQueue::new(self.channel, !options.no_ack);
+        let buffer = ConsumerQueue::new(self.channel, self.state.clone(), !options.no_ack);
         let completion = Completion::new();
         let sent = Method::BasicConsume(method.clone());
         self.shared.submit(Command::Consume {
@@ -454,16 +454,30 @@ impl Channel {
 
     /// Fetches one message, or `None` when the queue is empty (basic.get).
     /// Answers the message and the count left in the queue.
-    pub fn basic_get(&self, queue: &str, no_ack: bool) -> Call<Option<(Delivery, u32)>> {
-        self.call(requests::basic_get(queue, no_ack))
+    pub async fn basic_get(
+        &self,
+        queue: &str,
+        no_ack: bool,
+    ) -> Result<Option<(Delivery, u32)>, Error> {
+        let message = self.call(requests::basic_get(queue, no_ack)).await?;
+        if let (Some((delivery, _)), false) = (&message, no_ack) {
+            lock(&self.state.unsettled).delivered(delivery.delivery_tag);
+        }
+        Ok(message)
     }
 
     /// Acknowledges a delivery, or with `multiple` every one up to it.
+    /// A tag this channel did not deliver, or already settled, is refused
+    /// with [`Error::UnknownDeliveryTag`] and nothing is sent.
     pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<(), Error> {
-        self.send(Method::BasicAck(BasicAck {
+        self.settle(
             delivery_tag,
             multiple,
-        }))
+            Method::BasicAck(BasicAck {
+                delivery_tag,
+                multiple,
+            }),
+        )
     }
 
     /// Rejects one delivery or, with `multiple`, every one up to it
@@ -474,22 +488,35 @@ impl Channel {
         multiple: bool,
         requeue: bool,
     ) -> Result<(), Error> {
-        self.send(Method::BasicNack(BasicNack {
+        let nack = BasicNack {
             delivery_tag,
             multiple,
             requeue,
-        }))
+        };
+        self.settle(delivery_tag, multiple, Method::BasicNack(nack))
     }
 
     /// Rejects one delivery (basic.reject).
     pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<(), Error> {
-        self.send(Method::BasicReject(BasicReject {
+        self.settle(
             delivery_tag,
-            requeue,
-        }))
+            false,
+            Method::BasicReject(BasicReject {
+                delivery_tag,
+                requeue,
+            }),
+        )
+    }
+
+    /// Checks and settles a tag locally, then sends `method`.
+    fn settle(&self, delivery_tag: u64, multiple: bool, method: Method) -> Result<(), Error> {
+        self.check()?;
+        self.state.settle(self.channel.id, delivery_tag, multiple)?;
+        self.send(method)
     }
 
     /// Redelivers every unacknowledged message of the channel (basic.recover).
+    /// Their old delivery tags are void from then on.
     pub fn basic_recover(&self, requeue: bool) -> Call<()> {
         self.call(Ok(requests::basic_recover(requeue)))
     }
@@ -671,6 +698,8 @@ impl Drop for Consumer {
         let unhanded = self.buffer.abandon();
         if self.buffer.acknowledged {
             for delivery in unhanded {
+                let _ =
+                    lock(&self.buffer.channel_state.unsettled).settle(delivery.delivery_tag, false);
                 let _ = self.shared.submit(Command::Send {
                     channel: self.channel,
                     method: Method::BasicReject(BasicReject {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
+use crate::session::tags::UnsettledTags;
 use crate::session::{ChannelRef, Command, Delivery, Reply, ReturnedMessage};
 
 /// Past this many bytes waiting to be written (queued commands included),
@@ -104,6 +105,8 @@ pub(crate) struct ConsumerQueue {
     pub(crate) acknowledged: bool,
     /// The channel the consumer is on.
     pub(crate) channel: ChannelRef,
+    /// That channel's state, where delivered tags are recorded.
+    pub(crate) channel_state: Arc<ChannelShared>,
 }
 
 /// What a consumer's receiver found.
@@ -114,7 +117,11 @@ pub(crate) enum Received {
 }
 
 impl ConsumerQueue {
-    pub(crate) fn new(channel: ChannelRef, acknowledged: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        channel: ChannelRef,
+        channel_state: Arc<ChannelShared>,
+        acknowledged: bool,
+    ) -> Arc<Self> {
         Arc::new(ConsumerQueue {
             state: Mutex::new(ConsumerState {
                 deliveries: VecDeque::new(),
@@ -124,6 +131,7 @@ impl ConsumerQueue {
             abandoned: AtomicBool::new(false),
             acknowledged,
             channel,
+            channel_state,
         })
     }
 
@@ -194,9 +202,26 @@ pub(crate) struct ChannelShared {
     pub(crate) returns: Mutex<VecDeque<ReturnedMessage>>,
     /// channel.flow from the broker: `false` while publishing is paused.
     pub(crate) flow_paused: AtomicBool,
+    /// Deliveries handed to the application and not yet settled.
+    pub(crate) unsettled: Mutex<UnsettledTags>,
 }
 
 impl ChannelShared {
+    /// Settles a delivery tag (ack, nack, reject) or says why it cannot be.
+    pub(crate) fn settle(
+        &self,
+        channel: u16,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<(), Error> {
+        lock(&self.unsettled)
+            .settle(delivery_tag, multiple)
+            .map_err(|_| Error::UnknownDeliveryTag {
+                channel,
+                delivery_tag,
+            })
+    }
+
     /// The error a closed channel reports, if it is closed.
     pub(crate) fn check(&self) -> Result<(), Error> {
         match &*lock(&self.closed) {

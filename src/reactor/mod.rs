@@ -308,6 +308,13 @@ impl Reactor {
                 Event::Returned { channel, message } => {
                     lock(&self.shared.channel(channel).returns).push_back(message);
                 }
+                Event::Recovered { channel } => {
+                    // Deliveries before recover-ok carry the tags it voids.
+                    self.hand_over_deliveries();
+                    if let Some(ch) = lock(&self.shared.channels).get(&channel) {
+                        lock(&ch.unsettled).clear();
+                    }
+                }
                 Event::ChannelClosed { channel, error } => {
                     if let Some(ch) = lock(&self.shared.channels).remove(&channel) {
                         *lock(&ch.closed) = Some(error);
@@ -352,7 +359,13 @@ impl Reactor {
             });
             let run = std::iter::once(first).chain(same);
             if !consumer.is_abandoned() {
-                consumer.push_batch(run);
+                if consumer.acknowledged {
+                    // Record the tags before the application can see (and ack) them.
+                    let mut unsettled = lock(&consumer.channel_state.unsettled);
+                    consumer.push_batch(run.inspect(|d| unsettled.delivered(d.delivery_tag)));
+                } else {
+                    consumer.push_batch(run);
+                }
                 continue;
             }
             // The application dropped the consumer before the broker heard

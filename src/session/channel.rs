@@ -555,6 +555,10 @@ impl<R, C: Clone> Channel<R, C> {
                 return Ok(false);
             }
             Method::BasicGetEmpty(_) => out.done(handle, Ok(Reply::Get(None))),
+            Method::BasicRecoverOk(_) => {
+                out.events.push_back(Event::Recovered { channel: self.id });
+                out.done(handle, Ok(Reply::Method(reply)));
+            }
             Method::ConfirmSelectOk(_) => {
                 self.confirms.get_or_insert_with(Confirms::new);
                 out.done(handle, Ok(Reply::Method(reply)));

@@ -25,6 +25,7 @@ mod channel;
 mod connection;
 mod content;
 pub(crate) mod requests;
+pub(crate) mod tags;
 
 #[cfg(test)]
 mod tests;
@@ -160,6 +161,9 @@ pub(crate) enum Event<R, C> {
         channel: u16,
         message: ReturnedMessage,
     },
+    /// basic.recover-ok: every delivery tag handed out on the channel before
+    /// it is void (the messages come again with new tags, after it).
+    Recovered { channel: u16 },
     /// The broker closed a channel (or it failed): all its work is ended.
     ChannelClosed { channel: u16, error: Error },
     /// The broker stopped (or resumed) reading publishes: connection.blocked

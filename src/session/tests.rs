@@ -1164,3 +1164,30 @@ fn every_split_of_the_input_gives_the_same_events() {
         );
     }
 }
+
+#[test]
+fn recover_ok_voids_the_tags_before_the_reply_completes() {
+    let mut b = Broker::open(config());
+    let ch = b.open_channel(1);
+    b.command(Command::Rpc {
+        channel: ch,
+        method: Method::BasicRecover(BasicRecover { requeue: true }),
+        reply: 90,
+    });
+    b.client_methods();
+    b.send_method(ch, BasicRecoverOk);
+    let events = b.events();
+    assert!(
+        matches!(
+            &events[..],
+            [
+                Event::Recovered { channel: 1 },
+                Event::Done {
+                    reply: 90,
+                    result: Ok(_)
+                }
+            ]
+        ),
+        "{events:?}"
+    );
+}
