@@ -3,8 +3,8 @@
 //!
 //! `cargo bench --bench facades` (needs the broker at 127.0.0.1:5672, or
 //! `WARREN_TEST_URI`). Runs alternate between the facades; medians of 5.
-//! Client CPU is this process's user + system time (from /proc/self/stat),
-//! so it excludes the broker.
+//! Client CPU is this process's user + system time (getrusage), so it
+//! excludes the broker.
 
 use std::time::{Duration, Instant};
 
@@ -22,14 +22,17 @@ fn uri() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// User + system CPU time of this process so far.
+/// User + system CPU time of this process (all its threads) so far, to the
+/// microsecond.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("Linux /proc");
-    // Fields after the command name (which is in parentheses).
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // The kernel's USER_HZ is 100 on every Linux this runs on.
-    Duration::from_millis(ticks * 10)
+    // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, &mut usage), 0);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 struct Sample {
