@@ -32,6 +32,9 @@ const WAKER: Token = Token(1);
 /// Bytes reserved for each read: one read can take many frames.
 const READ_CHUNK: usize = 128 * 1024;
 
+/// The smallest window offered to a read.
+const MIN_READ_WINDOW: usize = 8 * 1024;
+
 type Cmd = Command<Arc<Completion>, Arc<ConsumerQueue>>;
 
 /// A connection being opened: its reactor thread connects and runs the
@@ -118,6 +121,8 @@ struct Reactor {
     shared: Arc<Shared>,
     connected: Option<Arc<Completion>>,
     read_buf: BytesMut,
+    /// How many bytes the next read is offered (adapts to what reads return).
+    read_window: usize,
     commands: Vec<Cmd>,
     /// Deliveries of this turn, handed over per consumer at its end.
     deliveries: Vec<(Arc<ConsumerQueue>, Delivery)>,
@@ -141,6 +146,7 @@ impl Reactor {
             shared,
             connected: Some(connected),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_window: MIN_READ_WINDOW,
             commands: Vec::new(),
             deliveries: Vec::new(),
             writable_interest: false,
@@ -196,7 +202,10 @@ impl Reactor {
             if self.read_buf.capacity() - len < READ_CHUNK / 2 {
                 self.read_buf.reserve(READ_CHUNK);
             }
-            let spare = (self.read_buf.capacity() - len).min(READ_CHUNK);
+            // Offer the socket a window sized from recent reads: the window
+            // must be initialised (zeroed) first, and zeroing 128 KiB for a
+            // 2 KiB read would cost more than the read.
+            let spare = (self.read_buf.capacity() - len).min(self.read_window);
             self.read_buf.resize(len + spare, 0);
             match self.socket.read(&mut self.read_buf[len..]) {
                 Ok(0) => {
@@ -211,8 +220,12 @@ impl Reactor {
                     self.read_buf.truncate(len + n);
                     got_any = true;
                     if n < spare {
+                        if n < self.read_window / 4 {
+                            self.read_window = (self.read_window / 2).max(MIN_READ_WINDOW);
+                        }
                         break;
                     }
+                    self.read_window = (self.read_window * 2).min(READ_CHUNK);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.read_buf.truncate(len);
