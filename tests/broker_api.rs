@@ -171,6 +171,14 @@ fn assert_same_bytes(got: &[u8], expected: &[u8], what: &str) {
 // ---- the connection ----------------------------------------------------------
 
 #[test]
+fn amqplain_authenticates_like_plain() {
+    let connection = connect_with(config().auth_mechanism(warren::AuthMechanism::AmqPlain));
+    let channel = connection.open_channel().unwrap();
+    exclusive_queue(&channel);
+    connection.close().unwrap();
+}
+
+#[test]
 fn the_server_properties_name_rabbitmq_as_the_product_and_tuning_is_negotiated() {
     let connection = connect();
     let properties = connection.server_properties();

@@ -1191,3 +1191,23 @@ fn recover_ok_voids_the_tags_before_the_reply_completes() {
         "{events:?}"
     );
 }
+
+#[test]
+fn a_secure_challenge_is_answered_with_the_mechanisms_response() {
+    let mut b = Broker::new(config());
+    b.start();
+    b.client_methods();
+    b.send_method(
+        0,
+        ConnectionSecure {
+            challenge: LongString::from(""),
+        },
+    );
+    let sent = b.client_methods();
+    match sent.as_slice() {
+        [(0, Method::ConnectionSecureOk(ok))] => {
+            assert_eq!(ok.response.as_bytes(), b"\0guest\0guest")
+        }
+        other => panic!("{other:?}"),
+    }
+}
