@@ -42,6 +42,8 @@
 
 pub mod blocking;
 pub mod error;
+#[cfg(all(fuzzing, feature = "arbitrary"))]
+pub mod fuzzing;
 pub mod nonblocking;
 pub mod options;
 pub mod protocol;

@@ -81,6 +81,8 @@ pub(crate) struct Session<R, C> {
     error: Option<Error>,
     /// connection.start's server-properties, handed over when open.
     server_properties: FieldTable,
+    /// The input broke framing: the rest of the stream is discarded.
+    unreadable: bool,
 }
 
 impl<R, C: Clone> Session<R, C> {
@@ -109,6 +111,7 @@ impl<R, C: Clone> Session<R, C> {
             next_serial: 0,
             error: None,
             server_properties: FieldTable::new(),
+            unreadable: false,
         }
     }
 
@@ -119,7 +122,7 @@ impl<R, C: Clone> Session<R, C> {
     pub(crate) fn handle_bytes(&mut self, buf: &mut BytesMut, now: Instant) {
         self.now = now;
         self.last_received = now;
-        while self.state != State::Closed {
+        while self.state != State::Closed && !self.unreadable {
             match self.decoder.decode(buf) {
                 Ok(Decoded::Frame(frame)) => {
                     if let Err(fault) = self.handle_frame(frame) {
@@ -128,6 +131,14 @@ impl<R, C: Clone> Session<R, C> {
                 }
                 Ok(Decoded::Incomplete { .. }) => return,
                 Err(err) => {
+                    // After a framing error (the frame was not consumed),
+                    // nothing can be framed again: from here on, input is
+                    // discarded, not buffered. A malformed payload in a
+                    // well-framed frame was consumed: close-ok can still come.
+                    if err.reply_code() == ReplyCode::FrameError {
+                        self.unreadable = true;
+                        buf.clear();
+                    }
                     if let crate::DecodeErrorKind::ProtocolHeader { header } = err.kind {
                         return self.closed(Error::UnsupportedProtocol { header });
                     }

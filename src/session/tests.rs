@@ -1211,3 +1211,16 @@ fn a_secure_challenge_is_answered_with_the_mechanisms_response() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn after_a_malformed_frame_further_input_is_discarded_not_buffered() {
+    let mut b = Broker::open(config());
+    let mut buf = BytesMut::from(&[0x09u8, 0, 0][..]);
+    b.session.handle_bytes(&mut buf, b.now);
+    assert_eq!(b.sent_close().unwrap().reply_code, 501);
+    for _ in 0..100 {
+        buf.extend_from_slice(&[0xab; 1000]);
+        b.session.handle_bytes(&mut buf, b.now);
+        assert!(buf.is_empty());
+    }
+}

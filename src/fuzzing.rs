@@ -1,0 +1,281 @@
+//! Entry points for the stateful fuzz targets (built only under
+//! `cfg(fuzzing)`, with the `arbitrary` feature): the sans-IO session fed
+//! arbitrary server bytes, or an arbitrary sequence of user operations and
+//! server frames. Each checks the invariants every input must keep: no
+//! panic, bounded buffers, typed errors, and a closed session stays closed.
+
+use std::time::{Duration, Instant};
+
+use arbitrary::{Arbitrary, Result as ArbitraryResult, Unstructured};
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::*;
+use crate::session::{ChannelRef, Command, Event, Reply, Session};
+use crate::uri::ConnectionConfig;
+
+type FuzzSession = Session<u32, u32>;
+
+/// No input may make the session hold more than this much output: what it
+/// writes is bounded by what it is asked, and this harness asks little.
+const MAX_OUTPUT: usize = 64 << 20;
+
+fn handshake(now: Instant) -> FuzzSession {
+    let config = ConnectionConfig {
+        heartbeat: 10,
+        ..ConnectionConfig::default()
+    };
+    let mut session = Session::new(config, now);
+    let mut script = BytesMut::new();
+    for method in [
+        Method::ConnectionStart(ConnectionStart {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: FieldTable::new(),
+            mechanisms: LongString::from("PLAIN"),
+            locales: LongString::from("en_US"),
+        }),
+        Method::ConnectionTune(ConnectionTune {
+            channel_max: 8,
+            frame_max: 4096,
+            heartbeat: 10,
+        }),
+        Method::ConnectionOpenOk(ConnectionOpenOk),
+    ] {
+        Frame::Method { channel: 0, method }.encode(&mut script);
+    }
+    session.handle_bytes(&mut script, now);
+    drain(&mut session);
+    session
+}
+
+/// Takes everything the session produced, checking the invariants.
+fn drain(session: &mut FuzzSession) {
+    assert!(session.pending_output() <= MAX_OUTPUT, "unbounded output");
+    while let Some(bytes) = session.poll_transmit() {
+        let n = bytes.len();
+        session.transmitted(n);
+    }
+    let mut closed = 0;
+    while let Some(event) = session.poll_event() {
+        if let Event::Closed(_) = event {
+            closed += 1;
+        }
+    }
+    assert!(closed <= 1, "Closed reported {closed} times");
+    if session.is_closed() {
+        assert!(session.error().is_some(), "closed without an error");
+    }
+}
+
+/// Arbitrary server bytes, cut into chunks the input chooses, after a
+/// valid handshake.
+pub fn session_bytes(data: &[u8]) {
+    let mut now = Instant::now();
+    let mut session = handshake(now);
+    let mut u = Unstructured::new(data);
+    let mut buf = BytesMut::new();
+    while !u.is_empty() {
+        let Ok(len) = u.int_in_range(1..=512usize) else {
+            break;
+        };
+        let Ok(chunk) = u.bytes(len.min(u.len())) else {
+            break;
+        };
+        buf.extend_from_slice(chunk);
+        let was_closed = session.is_closed();
+        session.handle_bytes(&mut buf, now);
+        assert!(
+            buf.len() <= 4096,
+            "more than one frame_max buffered: {}",
+            buf.len()
+        );
+        if was_closed {
+            assert!(session.is_closed(), "a closed session reopened");
+        }
+        now += Duration::from_millis(u64::from(u.arbitrary::<u8>().unwrap_or(0)));
+        session.handle_timeout(now);
+        drain(&mut session);
+    }
+}
+
+/// One step of [`channel_ops`].
+#[derive(Debug, Arbitrary)]
+enum Op {
+    OpenChannel,
+    Rpc {
+        channel: u8,
+        method: Method,
+    },
+    Consume {
+        channel: u8,
+        method: BasicConsume,
+    },
+    Publish {
+        channel: u8,
+        mandatory: bool,
+        body: Vec<u8>,
+        confirm: bool,
+    },
+    Send {
+        channel: u8,
+        method: Method,
+    },
+    WaitForConfirms {
+        channel: u8,
+    },
+    CloseChannel {
+        channel: u8,
+    },
+    Close,
+    ServerMethod {
+        channel: u8,
+        method: Method,
+    },
+    ServerContent {
+        channel: u8,
+        method: Method,
+        properties: BasicProperties,
+        body: Vec<u8>,
+    },
+    ServerRaw(Vec<u8>),
+    Wait {
+        millis: u16,
+    },
+}
+
+/// An arbitrary sequence of user operations and server frames.
+pub fn channel_ops(data: &[u8]) {
+    let _ = run_ops(&mut Unstructured::new(data));
+}
+
+fn run_ops(u: &mut Unstructured<'_>) -> ArbitraryResult<()> {
+    let mut now = Instant::now();
+    let mut session = handshake(now);
+    let mut opened: Vec<ChannelRef> = Vec::new();
+    let mut next_reply = 0u32;
+    let mut reply = || {
+        next_reply += 1;
+        next_reply
+    };
+    let pick = |opened: &[ChannelRef], i: u8| {
+        opened
+            .get(usize::from(i) % opened.len().max(1))
+            .copied()
+            .unwrap_or(ChannelRef { id: 1, serial: 1 })
+    };
+    while !u.is_empty() {
+        let op = Op::arbitrary(u)?;
+        let was_closed = session.is_closed();
+        let command = match op {
+            Op::OpenChannel => Some(Command::OpenChannel { reply: reply() }),
+            Op::Rpc { channel, method } => Some(Command::Rpc {
+                channel: pick(&opened, channel),
+                method,
+                reply: reply(),
+            }),
+            Op::Consume { channel, method } => Some(Command::Consume {
+                channel: pick(&opened, channel),
+                method,
+                consumer: reply(),
+                reply: reply(),
+            }),
+            Op::Publish {
+                channel,
+                mandatory,
+                body,
+                confirm,
+            } => Some(Command::Publish {
+                channel: pick(&opened, channel),
+                method: BasicPublish {
+                    mandatory,
+                    ..BasicPublish::default()
+                },
+                properties: BasicProperties::default(),
+                body: Bytes::from(body),
+                confirm: confirm.then(&mut reply),
+            }),
+            Op::Send { channel, method } => Some(Command::Send {
+                channel: pick(&opened, channel),
+                method,
+            }),
+            Op::WaitForConfirms { channel } => Some(Command::WaitForConfirms {
+                channel: pick(&opened, channel),
+                reply: reply(),
+            }),
+            Op::CloseChannel { channel } => Some(Command::CloseChannel {
+                channel: pick(&opened, channel),
+                code: 200,
+                text: ShortString::empty(),
+                reply: reply(),
+            }),
+            Op::Close => Some(Command::Close {
+                code: 200,
+                text: ShortString::empty(),
+                reply: reply(),
+            }),
+            Op::ServerMethod { channel, method } => {
+                let mut wire = BytesMut::new();
+                Frame::Method {
+                    channel: u16::from(channel % 10),
+                    method,
+                }
+                .encode(&mut wire);
+                session.handle_bytes(&mut wire, now);
+                None
+            }
+            Op::ServerContent {
+                channel,
+                method,
+                properties,
+                body,
+            } => {
+                let mut wire = BytesMut::new();
+                encode_message(
+                    u16::from(channel % 10),
+                    &method,
+                    &properties,
+                    &body,
+                    4096,
+                    &mut wire,
+                );
+                session.handle_bytes(&mut wire, now);
+                None
+            }
+            Op::ServerRaw(bytes) => {
+                let mut wire = BytesMut::from(&bytes[..]);
+                session.handle_bytes(&mut wire, now);
+                None
+            }
+            Op::Wait { millis } => {
+                now += Duration::from_millis(u64::from(millis));
+                session.handle_timeout(now);
+                None
+            }
+        };
+        if let Some(command) = command {
+            session.handle_command(command, now);
+        }
+        if was_closed {
+            assert!(session.is_closed(), "a closed session reopened");
+        }
+        // Learn which channels opened, then check the invariants.
+        assert!(session.pending_output() <= MAX_OUTPUT, "unbounded output");
+        while let Some(bytes) = session.poll_transmit() {
+            let n = bytes.len();
+            session.transmitted(n);
+        }
+        while let Some(event) = session.poll_event() {
+            if let Event::Done {
+                result: Ok(Reply::ChannelOpened(channel)),
+                ..
+            } = event
+            {
+                opened.push(channel);
+            }
+        }
+        if session.is_closed() {
+            assert!(session.error().is_some(), "closed without an error");
+        }
+    }
+    Ok(())
+}
