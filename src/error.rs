@@ -326,7 +326,9 @@ impl DecodeError {
             | UnknownFrameType { .. }
             | HeartbeatWithPayload { .. }
             | ProtocolHeader { .. } => ReplyCode::FrameError,
-            UnknownMethod { .. } | UnknownContentClass { .. } => ReplyCode::NotImplemented,
+            // Spec 4.2.6.1: a content header's class must match its method's.
+            UnknownContentClass { .. } => ReplyCode::FrameError,
+            UnknownMethod { .. } => ReplyCode::NotImplemented,
             InvalidPropertyFlags { .. }
             | Truncated
             | LengthOverrun { .. }
@@ -334,6 +336,23 @@ impl DecodeError {
             | NestingTooDeep { .. }
             | TrailingBytes { .. } => ReplyCode::SyntaxError,
         }
+    }
+}
+
+impl DecodeErrorKind {
+    /// Whether the error is in the framing itself (the frame could not be
+    /// delimited, so nothing after it can be read), as opposed to a
+    /// malformed payload in a frame that was consumed whole.
+    pub fn is_framing(&self) -> bool {
+        use DecodeErrorKind::*;
+        matches!(
+            self,
+            FrameTooLarge { .. }
+                | BadFrameEnd { .. }
+                | UnknownFrameType { .. }
+                | HeartbeatWithPayload { .. }
+                | ProtocolHeader { .. }
+        )
     }
 }
 

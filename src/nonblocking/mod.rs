@@ -120,7 +120,9 @@ impl Connection {
         });
         let result = match sent {
             Ok(()) => Call::plain(completion, |_| Ok(())).await,
-            Err(e) => Err(e),
+            // Already closed (by the broker, or a fault): nothing to do;
+            // close_reason() tells why.
+            Err(_) => Ok(()),
         };
         // The reactor thread ends right after close-ok: reap it if it has.
         let mut thread = lock(&self.thread);

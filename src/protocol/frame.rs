@@ -282,6 +282,12 @@ impl FrameDecoder {
                 frame_type,
                 FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
             ) {
+                // A peer refusing our version answers with its own protocol
+                // header: wait for all 8 bytes of it to say so.
+                let prefix = buf.len().min(4);
+                if buf.len() < PROTOCOL_HEADER.len() && buf[..prefix] == PROTOCOL_HEADER[..prefix] {
+                    return Ok(Err(PROTOCOL_HEADER.len() - buf.len()));
+                }
                 return Err(self.bad_frame_type(buf));
             }
         }

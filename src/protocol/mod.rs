@@ -6,6 +6,7 @@
 //! frames out of a [`bytes::BytesMut`] read buffer, and every string, table
 //! and body in a decoded [`Frame`] is a view of that buffer.
 
+pub mod dump;
 pub mod frame;
 pub mod generated;
 pub mod value;
@@ -13,6 +14,7 @@ pub mod value;
 #[cfg(test)]
 mod tests;
 
+pub use dump::dump;
 pub use frame::{
     encode_message, ContentHeader, Decoded, Frame, FrameDecoder, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
     PROTOCOL_HEADER,

@@ -32,6 +32,9 @@ const WAKER: Token = Token(1);
 /// Bytes reserved for each read: one read can take many frames.
 const READ_CHUNK: usize = 128 * 1024;
 
+/// How long a closed connection may take to write what it has left.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
 /// The smallest window offered to a read.
 const MIN_READ_WINDOW: usize = 8 * 1024;
 
@@ -155,16 +158,23 @@ impl Reactor {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(16);
+        // When the session closed with output still unwritten: the socket gets
+        // a little while to take it, not forever (a stalled peer).
+        let mut closed_at: Option<Instant> = None;
         loop {
             self.flush();
             self.dispatch();
-            if self.session.is_closed() && self.session.poll_transmit().is_none() {
-                break;
+            if self.session.is_closed() {
+                let since = *closed_at.get_or_insert_with(Instant::now);
+                if self.session.poll_transmit().is_none() || since.elapsed() >= FINAL_FLUSH {
+                    break;
+                }
             }
-            let timeout = self
-                .session
-                .poll_timeout()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let deadline = match closed_at {
+                Some(since) => Some(since + FINAL_FLUSH),
+                None => self.session.poll_timeout(),
+            };
+            let timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -173,11 +183,14 @@ impl Reactor {
                 continue;
             }
             let now = Instant::now();
-            let readable = events
-                .iter()
-                .any(|e| e.token() == SOCKET && (e.is_readable() || e.is_read_closed()));
+            let mut readable = false;
+            let mut hung_up = false;
+            for event in events.iter().filter(|e| e.token() == SOCKET) {
+                readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                hung_up |= event.is_read_closed() || event.is_error();
+            }
             if readable {
-                self.read(now);
+                self.read(now, hung_up);
             }
             if !self.session.is_closed() {
                 self.shared.take_commands(&mut self.commands);
@@ -195,7 +208,9 @@ impl Reactor {
 
     /// Reads until the socket would block, then lets the session take
     /// every complete frame.
-    fn read(&mut self, now: Instant) {
+    /// `hung_up`: the event said the peer closed (or reset) too, so a short
+    /// read is no proof the socket is drained: read on to end of file.
+    fn read(&mut self, now: Instant, hung_up: bool) {
         let mut got_any = false;
         loop {
             let len = self.read_buf.len();
@@ -223,7 +238,12 @@ impl Reactor {
                         if n < self.read_window / 4 {
                             self.read_window = (self.read_window / 2).max(MIN_READ_WINDOW);
                         }
-                        break;
+                        // Edge-triggered: a short read drained the socket,
+                        // unless the end of file came with this data.
+                        if !hung_up {
+                            break;
+                        }
+                        continue;
                     }
                     self.read_window = (self.read_window * 2).min(READ_CHUNK);
                 }

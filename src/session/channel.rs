@@ -448,12 +448,25 @@ impl<R, C: Clone> Channel<R, C> {
                     }
                     Ok(true)
                 }
-                Method::ChannelClose(_) => {
+                Method::ChannelClose(m) => {
+                    // The broker closed the channel as we did (often for an
+                    // error our close crossed): answer, report its reason,
+                    // and keep the number until its close-ok for ours comes.
                     out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
+                    let error = Error::ChannelClosed {
+                        code: m.reply_code,
+                        text: m.reply_text.to_string(),
+                        class_id: m.class_id,
+                        method_id: m.method_id,
+                    };
+                    out.events.push_back(Event::ChannelClosed {
+                        channel: self.id,
+                        error: error.clone(),
+                    });
                     if let Some(reply) = self.close_reply.take() {
-                        out.done(reply, Ok(Reply::Sent));
+                        out.done(reply, Err(error));
                     }
-                    Ok(true)
+                    Ok(false)
                 }
                 _ => Ok(false),
             };

@@ -135,7 +135,7 @@ impl<R, C: Clone> Session<R, C> {
                     // nothing can be framed again: from here on, input is
                     // discarded, not buffered. A malformed payload in a
                     // well-framed frame was consumed: close-ok can still come.
-                    if err.reply_code() == ReplyCode::FrameError {
+                    if err.kind.is_framing() {
                         self.unreadable = true;
                         buf.clear();
                     }
@@ -308,6 +308,12 @@ impl<R, C: Clone> Session<R, C> {
     /// The socket took `n` bytes of [`Session::poll_transmit`]'s slice.
     pub(crate) fn transmitted(&mut self, n: usize) {
         self.out.bytes.advance(n);
+        // After a framing error the broker's close-ok could never be read:
+        // the connection ends once our close is out.
+        if self.unreadable && self.state == State::Closing && self.out.bytes.is_empty() {
+            let e = self.error.clone().unwrap_or(Error::Closed);
+            self.closed(e);
+        }
     }
 
     /// Bytes waiting to be written: the driver holds publishers past a

@@ -125,7 +125,11 @@ impl Assembly {
             return Err(unexpected("a second content header"));
         }
         if class_id != crate::protocol::CLASS_BASIC {
-            return Err(unexpected("a content header of another class"));
+            // Spec 4.2.6.1: a class that differs from the method's is a frame error.
+            return Err(ContentError {
+                code: ReplyCode::FrameError,
+                text: format!("content header of class {class_id} for a basic method"),
+            });
         }
         self.header = Some((body_size, properties));
         Ok(())
@@ -285,7 +289,7 @@ mod tests {
             b.header(50, 2, BasicProperties::default())
                 .unwrap_err()
                 .code,
-            ReplyCode::UnexpectedFrame
+            ReplyCode::FrameError
         );
     }
 

@@ -1224,3 +1224,43 @@ fn after_a_malformed_frame_further_input_is_discarded_not_buffered() {
         assert!(buf.is_empty());
     }
 }
+
+#[test]
+fn a_channel_close_crossing_ours_reports_the_brokers_reason_and_keeps_the_number_until_close_ok() {
+    let mut b = Broker::open(config());
+    let ch = b.open_channel(1);
+    b.command(Command::CloseChannel {
+        channel: ch,
+        code: 200,
+        text: ShortString::empty(),
+        reply: 2,
+    });
+    b.client_methods();
+    b.send_method(
+        ch,
+        ChannelClose {
+            reply_code: 404,
+            reply_text: ShortString::from_static("NOT_FOUND - no exchange 'x'"),
+            class_id: 60,
+            method_id: 40,
+        },
+    );
+    assert!(matches!(
+        b.client_methods().as_slice(),
+        [(1, Method::ChannelCloseOk(_))]
+    ));
+    let events = b.events();
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::ChannelClosed { channel: 1, .. })));
+    assert!(matches!(
+        done(&events).as_slice(),
+        [(2, Err(crate::Error::ChannelClosed { code: 404, .. }))]
+    ));
+    // Not free yet: a new channel takes another number...
+    assert_eq!(b.open_channel(3).id, 2);
+    // ...and the broker's close-ok for our close is no protocol violation.
+    b.send_method(ch, ChannelCloseOk);
+    assert!(b.sent_close().is_none());
+    assert_eq!(b.open_channel(4).id, 1, "free again after close-ok");
+}

@@ -49,3 +49,5 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
     buf.to_vec()
 }
 pub mod broker;
+pub mod fake_broker;
+pub mod relay;
