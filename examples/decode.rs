@@ -36,8 +36,8 @@ use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::{Buf, BufMut, BytesMut};
-use warren::protocol::{Decoded, Frame, FrameDecoder, PROTOCOL_HEADER};
+use bytes::{BufMut, BytesMut};
+use warren::protocol::dump;
 
 const USAGE: &str = "usage: decode [--frame-max N] [FILE|-]";
 
@@ -102,54 +102,4 @@ fn parse_args(
 fn fail(msg: &str) -> ExitCode {
     eprintln!("decode: {msg}");
     ExitCode::from(2)
-}
-
-/// Prints every frame of `input`; `Ok(false)` when it ends in an error line.
-fn dump(mut input: BytesMut, frame_max: u32, out: &mut impl Write) -> io::Result<bool> {
-    let mut base = 0;
-    if input.starts_with(&PROTOCOL_HEADER) {
-        writeln!(out, "protocol-header AMQP 0-9-1")?;
-        input.advance(PROTOCOL_HEADER.len());
-        base = PROTOCOL_HEADER.len() as u64;
-    } else if !input.is_empty() && PROTOCOL_HEADER.starts_with(&input) {
-        let needed = PROTOCOL_HEADER.len() - input.len();
-        let reason =
-            format!("stream ends inside the protocol header ({needed} more bytes expected)");
-        writeln!(out, "error at offset 0: {reason}")?;
-        return Ok(false);
-    }
-    let mut decoder = FrameDecoder::with_frame_max(frame_max);
-    while !input.is_empty() {
-        let frame = match decoder.decode(&mut input) {
-            Ok(Decoded::Frame(frame)) => frame,
-            Ok(Decoded::Incomplete { needed }) => {
-                let offset = base + decoder.offset();
-                let reason = format!("stream ends inside a frame ({needed} more bytes expected)");
-                writeln!(out, "error at offset {offset}: {reason}")?;
-                return Ok(false);
-            }
-            Err(err) => {
-                writeln!(out, "error at offset {}: {err}", base + err.offset)?;
-                return Ok(false);
-            }
-        };
-        match frame {
-            Frame::Method { channel, method } => writeln!(out, "{channel} method {method}")?,
-            Frame::Header { channel, header } => {
-                let (class, size) = (header.class_id, header.body_size);
-                write!(out, "{channel} header {class} body-size={size}")?;
-                let properties = header.properties.to_string();
-                if properties.is_empty() {
-                    writeln!(out)?;
-                } else {
-                    writeln!(out, " {properties}")?;
-                }
-            }
-            Frame::Body { channel, payload } => {
-                writeln!(out, "{channel} body len={}", payload.len())?
-            }
-            Frame::Heartbeat { channel } => writeln!(out, "{channel} heartbeat")?,
-        }
-    }
-    Ok(true)
 }
