@@ -1459,7 +1459,7 @@ fn publisher_confirms_ack_publishes_one_by_one_and_all_at_once() {
         channel.wait_for_confirms(),
         Err(Error::InvalidArgument(_))
     ));
-    let unconfirmed = channel
+    let mut unconfirmed = channel
         .basic_publish_confirmed(
             "",
             &queue,
@@ -1539,7 +1539,7 @@ fn confirm_handles_for_10k_publishes_all_resolve_to_ack() {
                 .unwrap()
         })
         .collect();
-    for (i, handle) in handles.into_iter().enumerate() {
+    for (i, mut handle) in handles.into_iter().enumerate() {
         assert_eq!(
             handle.wait_timeout(ARRIVES).unwrap(),
             Confirmation::Ack,
@@ -2354,7 +2354,7 @@ fn every_unroutable_mandatory_publish_in_a_pipelined_confirm_batch_resolves_to_r
         })
         .collect();
     let mut wrong = Vec::new();
-    for (i, (routable, handle)) in handles.into_iter().enumerate() {
+    for (i, (routable, mut handle)) in handles.into_iter().enumerate() {
         let outcome = handle.wait_timeout(ARRIVES).unwrap();
         let expected_returned = !routable;
         let returned =

@@ -142,18 +142,41 @@ pub struct Channel {
 /// Waits for one publish's confirm (see [`Channel::basic_publish_confirmed`]).
 #[must_use = "a confirm handle does nothing unless waited on"]
 pub struct PublishConfirm {
-    call: nonblocking::Call<Confirmation>,
+    /// `None` once the confirm has been taken.
+    call: Option<nonblocking::Call<Confirmation>>,
 }
 
 impl PublishConfirm {
     /// Blocks until the broker confirms the message.
-    pub fn wait(self) -> Result<Confirmation, Error> {
-        wait(self.call)
+    pub fn wait(mut self) -> Result<Confirmation, Error> {
+        self.wait_for(None)
     }
 
-    /// Blocks at most `timeout` for the confirm.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Confirmation, Error> {
-        block_on(self.call, Some(timeout), "publisher confirm")
+    /// Blocks at most `timeout` for the confirm. On `Error::Timeout` the
+    /// handle can be waited on again.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Confirmation, Error> {
+        self.wait_for(Some(timeout))
+    }
+
+    /// The confirm if it has come, without waiting.
+    pub fn try_wait(&mut self) -> Option<Result<Confirmation, Error>> {
+        match self.wait_for(Some(Duration::ZERO)) {
+            Err(Error::Timeout { .. }) => None,
+            other => Some(other),
+        }
+    }
+
+    fn wait_for(&mut self, timeout: Option<Duration>) -> Result<Confirmation, Error> {
+        let Some(call) = self.call.as_mut() else {
+            return Err(Error::InvalidArgument(
+                "this confirm was already taken".into(),
+            ));
+        };
+        let result = block_on(call, timeout, "publisher confirm");
+        if !matches!(result, Err(Error::Timeout { .. })) {
+            self.call = None;
+        }
+        result
     }
 }
 
@@ -316,7 +339,7 @@ impl Channel {
             properties,
             body,
         ))?;
-        Ok(PublishConfirm { call })
+        Ok(PublishConfirm { call: Some(call) })
     }
 
     /// Starts a consumer on `queue` (basic.consume); an empty `consumer_tag`
@@ -461,6 +484,12 @@ impl Consumer {
     /// already buffered can still be received afterwards.
     pub fn cancel(&self) -> Result<(), Error> {
         wait(self.inner.cancel())
+    }
+
+    /// Whether the consumer has ended and everything it buffered was taken:
+    /// tells a timeout of [`Consumer::recv_timeout`] from the end.
+    pub fn has_ended(&self) -> bool {
+        self.inner.has_ended()
     }
 }
 

@@ -645,6 +645,11 @@ impl Consumer {
         self.tag.as_str().unwrap_or_default()
     }
 
+    /// Whether the consumer has ended and everything it buffered was taken.
+    pub fn has_ended(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
     /// The next delivery; `Ok(None)` once the consumer has ended normally.
     pub async fn recv(&self) -> Result<Option<Delivery>, Error> {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await

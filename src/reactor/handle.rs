@@ -18,10 +18,15 @@ use crate::session::tags::UnsettledTags;
 use crate::session::{ChannelRef, Command, Delivery, Reply, ReturnedMessage};
 
 /// Past this many bytes waiting to be written (queued commands included),
-/// publishers wait.
-pub(crate) const HIGH_WATER: usize = 8 << 20;
+/// publishers wait. Enough to keep the socket busy and batch writes; more
+/// only adds latency (at 16-byte messages, 2 MiB is about 30k messages).
+pub(crate) const HIGH_WATER: usize = 2 << 20;
 /// Publishers waiting for room are released below this.
-pub(crate) const LOW_WATER: usize = 4 << 20;
+pub(crate) const LOW_WATER: usize = 1 << 20;
+
+/// What a queued publish costs beyond its body: its method and header
+/// frames and its place in the queue, so tiny bodies are counted fairly.
+const PUBLISH_OVERHEAD: usize = 64;
 
 /// Locks a mutex, ignoring poisoning: the data behind every lock here stays
 /// consistent whatever panics (each critical section is a plain update).
@@ -291,7 +296,8 @@ impl Shared {
             return Err(e.clone());
         }
         if let Command::Publish { body, .. } = &command {
-            self.queued_bytes.fetch_add(body.len(), Ordering::Relaxed);
+            self.queued_bytes
+                .fetch_add(body.len() + PUBLISH_OVERHEAD, Ordering::Relaxed);
         }
         let was_empty = commands.is_empty();
         commands.push(command);
@@ -311,7 +317,7 @@ impl Shared {
         let queued: usize = into
             .iter()
             .map(|c| match c {
-                Command::Publish { body, .. } => body.len(),
+                Command::Publish { body, .. } => body.len() + PUBLISH_OVERHEAD,
                 _ => 0,
             })
             .sum();
