@@ -7,9 +7,10 @@
 //! - `parse`: a stream of deliveries on channel 1, each a basic.deliver
 //!   method frame, a content header (content-type, delivery-mode 2 and a
 //!   3-entry `headers` table) and its body frame(s), decoded frame by frame.
-//!   warren is measured twice: with the headers table left as received
-//!   (checked, not decoded: that is warren's receive path) and with every
-//!   table iterated, since amq-protocol always decodes tables into a map.
+//!   warren is measured twice: with the properties left as received
+//!   (checked, not decoded: that is warren's receive path) and with the
+//!   headers table read through its getter and every entry iterated, since
+//!   amq-protocol always decodes properties and tables into a map.
 //! - `encode`: the matching stream of basic.publish messages.
 //!
 //! Criterion reports each as msgs/s (`Throughput::Elements`). After the
@@ -374,7 +375,7 @@ fn warren_parse(buf: &mut BytesMut, iterate_headers: bool) -> Tally {
                 match &frame {
                     Frame::Body { payload, .. } => tally.body_bytes += payload.len(),
                     Frame::Header { header, .. } if iterate_headers => {
-                        let headers = header.properties.headers.as_ref();
+                        let headers = header.properties.headers();
                         tally.header_entries += headers.expect("headers").iter().count();
                     }
                     _ => {}

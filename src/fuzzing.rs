@@ -57,14 +57,40 @@ fn drain(session: &mut FuzzSession) {
     }
     let mut closed = 0;
     while let Some(event) = session.poll_event() {
-        if let Event::Closed(_) = event {
-            closed += 1;
+        match event {
+            Event::Closed(_) => closed += 1,
+            Event::Delivery { delivery, .. } => check_properties(&delivery.properties),
+            _ => {}
         }
     }
     assert!(closed <= 1, "Closed reported {closed} times");
     if session.is_closed() {
         assert!(session.error().is_some(), "closed without an error");
     }
+}
+
+/// Received properties, checked when their frame was parsed, must read the
+/// same through each getter (which skips the properties before its own) as
+/// through the full decode, and re-encode into the same bytes.
+pub fn check_properties(encoded: &EncodedBasicProperties) {
+    let all = encoded.to_properties();
+    assert_eq!(encoded.content_type(), all.content_type);
+    assert_eq!(encoded.content_encoding(), all.content_encoding);
+    assert_eq!(encoded.headers(), all.headers);
+    assert_eq!(encoded.delivery_mode(), all.delivery_mode);
+    assert_eq!(encoded.priority(), all.priority);
+    assert_eq!(encoded.correlation_id(), all.correlation_id);
+    assert_eq!(encoded.reply_to(), all.reply_to);
+    assert_eq!(encoded.expiration(), all.expiration);
+    assert_eq!(encoded.message_id(), all.message_id);
+    assert_eq!(encoded.timestamp(), all.timestamp);
+    assert_eq!(encoded.kind(), all.kind);
+    assert_eq!(encoded.user_id(), all.user_id);
+    assert_eq!(encoded.app_id(), all.app_id);
+    assert_eq!(encoded.reserved(), all.reserved);
+    assert_eq!(encoded.flags(), all.flags());
+    assert_eq!(encoded.encoded_len(), all.encoded_len());
+    assert_eq!(&EncodedBasicProperties::from(&all), encoded);
 }
 
 /// Arbitrary server bytes, cut into chunks the input chooses, after a

@@ -1310,7 +1310,13 @@ fn published_properties_arrive_identical() {
     }
     let consumer = consume(&channel, &queue);
     let delivery = next(&consumer);
-    assert_eq!(delivery.properties, properties, "through basic.deliver");
+    assert_eq!(
+        delivery.properties.to_properties(),
+        properties,
+        "through basic.deliver"
+    );
+    assert_eq!(delivery.properties.priority(), Some(7));
+    assert_eq!(delivery.properties.kind().unwrap(), "order.created");
     assert_eq!(text(&delivery.body), r#"{"id":1}"#);
     channel.basic_ack(delivery.delivery_tag, false).unwrap();
     consumer.cancel().unwrap();
@@ -1325,7 +1331,8 @@ fn published_properties_arrive_identical() {
     })
     .expect("the second message");
     assert_eq!(
-        fetched.properties, properties,
+        fetched.properties.to_properties(),
+        properties,
         "through basic.get-ok or deliver"
     );
     connection.close().unwrap();
@@ -1363,7 +1370,8 @@ fn a_mandatory_publish_that_no_queue_takes_comes_back() {
     assert_eq!(returned.reply_text, "NO_ROUTE");
     assert_eq!(returned.exchange, "");
     assert_eq!(returned.routing_key, nowhere.as_str());
-    assert_eq!(returned.properties, properties);
+    assert_eq!(returned.properties.to_properties(), properties);
+    assert_eq!(returned.properties.message_id().unwrap(), "lost-1");
     assert_eq!(text(&returned.body), "lost");
     assert!(
         channel.try_next_return().is_none(),

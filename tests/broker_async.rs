@@ -89,10 +89,7 @@ async fn publish_consume_ack() {
     let mut bodies = Vec::new();
     while bodies.len() < 3 {
         let delivery = consumer.next().await.expect("a delivery").unwrap();
-        assert_eq!(
-            delivery.properties.content_type.as_ref().unwrap(),
-            "text/plain"
-        );
+        assert_eq!(delivery.properties.content_type().unwrap(), "text/plain");
         bodies.push(String::from_utf8(delivery.body.to_vec()).unwrap());
         channel.basic_ack(delivery.delivery_tag, false).unwrap();
     }

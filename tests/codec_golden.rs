@@ -109,7 +109,7 @@ fn basic_publish_then_content_header_then_body() {
                 header: ContentHeader {
                     class_id: 60,
                     body_size: 5,
-                    properties
+                    properties: (&properties).into()
                 }
             },
             Frame::Body {
@@ -118,6 +118,15 @@ fn basic_publish_then_content_header_then_body() {
             },
         ]
     );
+    // The received properties read back as what was published.
+    let Frame::Header { header, .. } = &frames[1] else {
+        unreachable!()
+    };
+    assert_eq!(header.properties.to_properties(), properties);
+    assert_eq!(header.properties.content_type().unwrap(), "text/plain");
+    assert_eq!(header.properties.delivery_mode(), Some(2));
+    assert_eq!(header.properties.flags(), 0x9000);
+    assert_eq!(&header.properties.raw()[..], &golden[40..52]);
 }
 
 #[test]

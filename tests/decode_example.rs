@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use warren::protocol::{
-    encode_message, BasicDeliver, BasicProperties, ConnectionTuneOk, ContentHeader, FieldTable,
-    Frame, Method, FRAME_OVERHEAD, PROTOCOL_HEADER,
+    encode_message, BasicDeliver, BasicProperties, ConnectionTuneOk, ContentHeader,
+    EncodedBasicProperties, FieldTable, Frame, Method, FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
 
 /// A temp file removed on drop, named uniquely per process and call.
@@ -148,7 +148,7 @@ fn dumps_a_stream_without_protocol_header_and_empty_properties() {
         header: ContentHeader {
             class_id: 60,
             body_size: 0,
-            properties: BasicProperties::default(),
+            properties: EncodedBasicProperties::default(),
         },
     }
     .encode(&mut wire);

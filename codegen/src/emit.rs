@@ -66,6 +66,45 @@ fn parse_expr(ty: WireType) -> &'static str {
     }
 }
 
+/// Expression checking one non-bit field at the head of `i` without building
+/// it: the same checks and errors as [`parse_expr`], yielding the rest.
+fn skip_expr(ty: WireType) -> &'static str {
+    match ty {
+        WireType::Octet => "value::octet(i)",
+        WireType::Short => "value::short(i)",
+        WireType::Long => "value::long(i)",
+        WireType::LongLong | WireType::Timestamp => "value::longlong(i)",
+        WireType::ShortStr => "value::skip_shortstr(i)",
+        WireType::LongStr => "value::skip_longstr(i)",
+        WireType::Table => "value::skip_table(i)",
+        WireType::Bit => unreachable!("bits are packed"),
+    }
+}
+
+/// How to step over a field that was checked already (`value::Width`).
+fn width_expr(ty: WireType) -> &'static str {
+    match ty {
+        WireType::Octet => "value::Width::Fixed(1)",
+        WireType::Short => "value::Width::Fixed(2)",
+        WireType::Long => "value::Width::Fixed(4)",
+        WireType::LongLong | WireType::Timestamp => "value::Width::Fixed(8)",
+        WireType::ShortStr => "value::Width::U8Prefixed",
+        WireType::LongStr | WireType::Table => "value::Width::U32Prefixed",
+        WireType::Bit => unreachable!("bits are packed"),
+    }
+}
+
+/// Expression reading one checked field from `i`, strings and tables as
+/// views of `src` (tables are not checked again).
+fn view_expr(ty: WireType, src: &str) -> String {
+    match ty {
+        WireType::ShortStr => format!("value::shortstr({src}, i)"),
+        WireType::LongStr => format!("value::longstr({src}, i)"),
+        WireType::Table => format!("value::table_checked({src}, i)"),
+        other => parse_expr(other).to_string(),
+    }
+}
+
 /// Statement encoding `expr` (a place of type `rust_type(ty)`) into `buf`.
 fn encode_stmt(ty: WireType, expr: &str) -> String {
     match ty {
@@ -160,12 +199,14 @@ pub fn generate(spec: &Spec) -> String {
          \n\
          //! The AMQP 0-9-1 methods, content properties and constants, generated from\n\
          //! the spec XML: one struct per method, the [`Method`] enum over all of\n\
-         //! them, [`BasicProperties`], and their nom parsers and `BufMut` encoders,\n\
-         //! written from the same field lists so they cannot disagree.\n\
+         //! them, [`BasicProperties`] (built to publish) and\n\
+         //! [`EncodedBasicProperties`] (received, decoded on demand), and their nom\n\
+         //! parsers and `BufMut` encoders, written from the same field lists so they\n\
+         //! cannot disagree.\n\
          \n\
          use std::fmt;\n\
          \n\
-         use bytes::{{BufMut, Bytes}};\n\
+         use bytes::{{Buf, BufMut, Bytes, BytesMut}};\n\
          \n\
          use super::value::{{self, FieldTable, LongString, ShortString, WireError, WireResult}};\n"
     )
@@ -182,6 +223,7 @@ pub fn generate(spec: &Spec) -> String {
     for class in &spec.classes {
         if !class.properties.is_empty() {
             emit_properties(o, class);
+            emit_encoded_properties(o, class);
         }
     }
     out
@@ -746,6 +788,9 @@ fn emit_properties(o: &mut String, class: &Class) {
         o,
         "/// The content properties of class `{}` (the content header of {}).\n\
          /// Each is optional; the property-flags word says which are present.\n\
+         ///\n\
+         /// This is the owned form, built to publish; received messages carry\n\
+         /// [`Encoded{name}`], which decodes them on demand.\n\
          #[derive(Debug, Clone, Default, PartialEq, Eq)]\n{ARBITRARY}\npub struct {name} {{",
         class.name,
         users.join(", ")
@@ -823,37 +868,7 @@ fn emit_properties(o: &mut String, class: &Class) {
         let stmt = encode_stmt(f.ty, "*v").replace("&*v", "v");
         writeln!(o, "if let Some(v) = &self.{} {{ {stmt} }}", snake(&f.name)).unwrap();
     }
-    writeln!(
-        o,
-        "}}\n\n\
-         /// Parses the flags word and the properties it announces.\n\
-         pub(crate) fn decode<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, Self> {{\n\
-         let flags_at = i.as_ptr() as usize;\n\
-         let (mut i, flags) = value::short(i).map_err(value::in_field(\"{cls} property flags\"))?;\n\
-         if flags & !Self::DEFINED_FLAGS != 0 {{\n\
-         return Err(nom::Err::Error(WireError {{\n\
-         at: flags_at,\n\
-         kind: crate::error::DecodeErrorKind::InvalidPropertyFlags {{ flags }},\n\
-         context: \"{cls} property flags\",\n}}));\n}}\n\
-         let mut props = Self::default();",
-        cls = class.name
-    )
-    .unwrap();
-    for (n, f) in class.properties.iter().enumerate() {
-        writeln!(
-            o,
-            "if flags & (1 << {}) != 0 {{\n\
-             let (rest, v) = {}.map_err(value::in_field(\"{} property {}\"))?;\n\
-             props.{} = Some(v);\ni = rest;\n}}",
-            bit(n),
-            parse_expr(f.ty),
-            class.name,
-            f.name,
-            snake(&f.name)
-        )
-        .unwrap();
-    }
-    writeln!(o, "Ok((i, props))\n}}\n").unwrap();
+    writeln!(o, "}}\n").unwrap();
     for f in &class.properties {
         writeln!(
             o,
@@ -884,4 +899,186 @@ fn emit_properties(o: &mut String, class: &Class) {
         .unwrap();
     }
     writeln!(o, "let _ = sep;\nOk(())\n}}\n}}").unwrap();
+}
+
+/// `Encoded{Class}Properties`: received properties kept in their wire form,
+/// checked once when the frame is parsed, decoded property by property.
+fn emit_encoded_properties(o: &mut String, class: &Class) {
+    let owned = format!("{}Properties", camel(&class.name));
+    let name = format!("Encoded{owned}");
+    let cls = &class.name;
+    let count = class.properties.len();
+    let users: Vec<String> = class
+        .methods
+        .iter()
+        .filter(|m| m.content)
+        .map(|m| format!("`{}.{}`", class.name, m.name))
+        .collect();
+    // Property n (0-based) is flag bit 15 - n.
+    let bit = |n: usize| 15 - n;
+    writeln!(
+        o,
+        "\n/// The content properties of class `{cls}` as received (in the content\n\
+         /// header of {users}): the property-flags word and a zero-copy view of\n\
+         /// the properties' wire encoding, checked once when the frame was parsed\n\
+         /// and decoded on demand. Each getter skips the properties before its own\n\
+         /// and decodes only that one, without allocating (short strings of up to\n\
+         /// [`ShortString::INLINE_LEN`] bytes are copied inline, longer ones and\n\
+         /// tables are views); [`{name}::to_properties`] decodes them all.\n\
+         ///\n\
+         /// The view holds exactly the properties the flags announce, after the\n\
+         /// flags word (bytes a peer adds after them are not kept). The encoding of\n\
+         /// given properties is unique, so two values are equal exactly when their\n\
+         /// properties are. `From<&{owned}>` encodes owned properties.\n\
+         #[derive(Clone, Default, PartialEq, Eq)]\n\
+         pub struct {name} {{\n\
+         flags: u16,\n\
+         raw: Bytes,\n\
+         }}\n\n\
+         impl {name} {{\n\
+         /// How to step over each property, in flag order.\n\
+         const WIDTHS: [value::Width; {count}] = [{widths}];\n\n\
+         /// The property-flags word: bit 15 for the first property, downwards.\n\
+         pub fn flags(&self) -> u16 {{ self.flags }}\n\n\
+         /// The encoded properties that follow the flags word.\n\
+         pub fn raw(&self) -> &Bytes {{ &self.raw }}\n\n\
+         /// Whether no property is present.\n\
+         pub fn is_empty(&self) -> bool {{ self.flags == 0 }}\n\n\
+         /// Bytes the flags word and the present properties take.\n\
+         pub fn encoded_len(&self) -> usize {{ 2 + self.raw.len() }}\n\n\
+         /// Writes the flags word and the present properties.\n\
+         pub fn encode(&self, buf: &mut impl BufMut) {{\n\
+         buf.put_u16(self.flags);\nbuf.put_slice(&self.raw);\n}}\n\n\
+         /// Parses the flags word and checks the properties it announces,\n\
+         /// without building them: the errors (kind, field, offset) are those a\n\
+         /// full decode would report. The result is a view of `src`.\n\
+         pub(crate) fn decode<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, Self> {{\n\
+         let flags_at = i.as_ptr() as usize;\n\
+         let (i, flags) = value::short(i).map_err(value::in_field(\"{cls} property flags\"))?;\n\
+         if flags & !{owned}::DEFINED_FLAGS != 0 {{\n\
+         return Err(nom::Err::Error(WireError {{\n\
+         at: flags_at,\n\
+         kind: crate::error::DecodeErrorKind::InvalidPropertyFlags {{ flags }},\n\
+         context: \"{cls} property flags\",\n}}));\n}}\n\
+         let start = i;\nlet mut i = i;",
+        users = users.join(", "),
+        widths = class
+            .properties
+            .iter()
+            .map(|f| width_expr(f.ty))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+    .unwrap();
+    for (n, f) in class.properties.iter().enumerate() {
+        writeln!(
+            o,
+            "if flags & (1 << {}) != 0 {{\n\
+             let (rest, _) = {}.map_err(value::in_field(\"{cls} property {}\"))?;\n\
+             i = rest;\n}}",
+            bit(n),
+            skip_expr(f.ty),
+            f.name,
+        )
+        .unwrap();
+    }
+    writeln!(
+        o,
+        "let raw = src.slice_ref(&start[..start.len() - i.len()]);\n\
+         Ok((i, {name} {{ flags, raw }}))\n}}\n\n\
+         /// Property `index` (in flag order), from its first byte, when present.\n\
+         fn find(&self, index: usize) -> Option<&[u8]> {{\n\
+         if self.flags & (1 << (15 - index)) == 0 {{\nreturn None;\n}}\n\
+         let mut i: &[u8] = &self.raw;\n\
+         for (n, width) in Self::WIDTHS[..index].iter().enumerate() {{\n\
+         if self.flags & (1 << (15 - n)) != 0 {{\n\
+         i = value::skip_checked(i, *width)?;\n}}\n}}\n\
+         Some(i)\n}}\n"
+    )
+    .unwrap();
+    for (n, f) in class.properties.iter().enumerate() {
+        writeln!(
+            o,
+            "/// `{}` ({}), when present.\n\
+             pub fn {}(&self) -> Option<{}> {{\n\
+             let i = self.find({n})?;\n\
+             {}.ok().map(|(_, v)| v)\n}}\n",
+            f.name,
+            f.ty.xml_name(),
+            snake(&f.name),
+            rust_type(f.ty),
+            view_expr(f.ty, "&self.raw"),
+        )
+        .unwrap();
+    }
+    writeln!(
+        o,
+        "/// Decodes every present property into the owned form.\n\
+         pub fn to_properties(&self) -> {owned} {{\n\
+         let mut props = {owned}::default();\n\
+         let src = &self.raw;\n\
+         let mut i: &[u8] = src;"
+    )
+    .unwrap();
+    for (n, f) in class.properties.iter().enumerate() {
+        // The last property leaves nothing to read after it.
+        let (rest, advance) = if n + 1 == count {
+            ("_", "")
+        } else {
+            ("rest", "\ni = rest;")
+        };
+        writeln!(
+            o,
+            "if self.flags & (1 << {}) != 0 {{\n\
+             let Ok(({rest}, v)) = {} else {{ return props; }};\n\
+             props.{} = Some(v);{advance}\n}}",
+            bit(n),
+            view_expr(f.ty, "src"),
+            snake(&f.name),
+        )
+        .unwrap();
+    }
+    writeln!(
+        o,
+        "props\n}}\n}}\n\n\
+         impl From<&{owned}> for {name} {{\n\
+         /// Encodes `properties` into a fresh buffer.\n\
+         fn from(properties: &{owned}) -> Self {{\n\
+         let flags = properties.flags();\n\
+         if flags == 0 {{\nreturn Self::default();\n}}\n\
+         let mut raw = BytesMut::with_capacity(properties.encoded_len());\n\
+         properties.encode(&mut raw);\n\
+         raw.advance(2); // the flags word, kept apart\n\
+         {name} {{ flags, raw: raw.freeze() }}\n}}\n}}\n\n\
+         impl From<{owned}> for {name} {{\n\
+         fn from(properties: {owned}) -> Self {{ Self::from(&properties) }}\n}}\n\n\
+         /// Encoded arbitrary [`{owned}`].\n\
+         #[cfg(any(test, feature = \"arbitrary\"))]\n\
+         impl<'a> arbitrary::Arbitrary<'a> for {name} {{\n\
+         fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {{\n\
+         Ok(Self::from(<{owned} as arbitrary::Arbitrary>::arbitrary(u)?))\n}}\n}}\n\n\
+         /// The present properties, decoded.\n\
+         impl fmt::Debug for {name} {{\n\
+         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {{\n\
+         let props = self.to_properties();\n\
+         let mut d = f.debug_struct(\"{name}\");"
+    )
+    .unwrap();
+    for f in &class.properties {
+        let field = snake(&f.name);
+        writeln!(
+            o,
+            "if let Some(v) = &props.{field} {{ d.field(\"{field}\", v); }}"
+        )
+        .unwrap();
+    }
+    writeln!(
+        o,
+        "d.finish()\n}}\n}}\n\n\
+         /// As [`{owned}`]'s `Display`: the present properties as `name=value`.\n\
+         impl fmt::Display for {name} {{\n\
+         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {{\n\
+         fmt::Display::fmt(&self.to_properties(), f)\n}}\n}}"
+    )
+    .unwrap();
 }

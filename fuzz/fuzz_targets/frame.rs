@@ -88,6 +88,10 @@ fn check_reencode(frame: &Frame, consumed: usize, frame_max: u32) {
     if !matches!(frame, Frame::Body { .. }) {
         let _ = format!("{frame:?}"); // walks every table and array in it
     }
+    if let Frame::Header { header, .. } = frame {
+        // Properties are checked with the frame and decoded on demand.
+        warren::fuzzing::check_properties(&header.properties);
+    }
     let mut out = BytesMut::new();
     frame.encode(&mut out);
     assert_eq!(

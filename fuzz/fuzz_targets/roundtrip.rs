@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use warren::protocol::{
     encode_message, BasicDeliver, BasicGetOk, BasicProperties, BasicPublish, BasicReturn,
-    ContentHeader, Decoded, Frame, FrameDecoder, Method, FRAME_OVERHEAD,
+    ContentHeader, Decoded, EncodedBasicProperties, Frame, FrameDecoder, Method, FRAME_OVERHEAD,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -60,6 +60,15 @@ enum Expect {
     },
 }
 
+/// Encodes owned properties as received ones, which must read back as the
+/// same properties, one by one and all at once, and encode the same bytes.
+fn check_encoded(properties: &BasicProperties) -> EncodedBasicProperties {
+    let encoded = EncodedBasicProperties::from(properties);
+    assert_eq!(&encoded.to_properties(), properties);
+    warren::fuzzing::check_properties(&encoded);
+    encoded
+}
+
 fuzz_target!(|items: Vec<Item>| {
     let mut wire = BytesMut::new();
     let mut expected = Vec::new();
@@ -76,7 +85,7 @@ fuzz_target!(|items: Vec<Item>| {
                 header: ContentHeader {
                     class_id: 60,
                     body_size,
-                    properties,
+                    properties: check_encoded(&properties),
                 },
             },
             Item::Body { channel, payload } => Frame::Body {
@@ -106,7 +115,7 @@ fuzz_target!(|items: Vec<Item>| {
                     header: ContentHeader {
                         class_id: 60,
                         body_size: body.len() as u64,
-                        properties,
+                        properties: check_encoded(&properties),
                     },
                 };
                 // The method and header frames are laid out as Frame::encode

@@ -10,8 +10,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, DecodeErrorKind};
 use crate::protocol::generated::{
-    BasicProperties, Method, CLASS_BASIC, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT,
-    FRAME_METHOD, FRAME_MIN_SIZE,
+    BasicProperties, EncodedBasicProperties, Method, CLASS_BASIC, FRAME_BODY, FRAME_END,
+    FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
 };
 use crate::protocol::value::{self, WireError};
 
@@ -63,8 +63,8 @@ pub struct ContentHeader {
     pub class_id: u16,
     /// Total size of the body that follows, over zero or more body frames.
     pub body_size: u64,
-    /// The message properties.
-    pub properties: BasicProperties,
+    /// The message properties, as received: checked, decoded on demand.
+    pub properties: EncodedBasicProperties,
 }
 
 impl ContentHeader {
@@ -409,7 +409,7 @@ fn decode_content_header(src: &Bytes, i: &[u8]) -> Result<ContentHeader, nom::Er
     }
     let (i, _weight) = value::short(i).map_err(&ctx)?;
     let (i, body_size) = value::longlong(i).map_err(&ctx)?;
-    let (_padding, properties) = BasicProperties::decode(src, i)?;
+    let (_padding, properties) = EncodedBasicProperties::decode(src, i)?;
     Ok(ContentHeader {
         class_id,
         body_size,

@@ -4,12 +4,14 @@
 
 //! The AMQP 0-9-1 methods, content properties and constants, generated from
 //! the spec XML: one struct per method, the [`Method`] enum over all of
-//! them, [`BasicProperties`], and their nom parsers and `BufMut` encoders,
-//! written from the same field lists so they cannot disagree.
+//! them, [`BasicProperties`] (built to publish) and
+//! [`EncodedBasicProperties`] (received, decoded on demand), and their nom
+//! parsers and `BufMut` encoders, written from the same field lists so they
+//! cannot disagree.
 
 use std::fmt;
 
-use bytes::{BufMut, Bytes};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::value::{self, FieldTable, LongString, ShortString, WireError, WireResult};
 
@@ -4379,6 +4381,9 @@ impl fmt::Display for Method {
 
 /// The content properties of class `basic` (the content header of `basic.publish`, `basic.return`, `basic.deliver`, `basic.get-ok`).
 /// Each is optional; the property-flags word says which are present.
+///
+/// This is the owned form, built to publish; received messages carry
+/// [`EncodedBasicProperties`], which decodes them on demand.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(any(test, feature = "arbitrary"), derive(arbitrary::Arbitrary))]
 pub struct BasicProperties {
@@ -4559,104 +4564,6 @@ impl BasicProperties {
         }
     }
 
-    /// Parses the flags word and the properties it announces.
-    pub(crate) fn decode<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, Self> {
-        let flags_at = i.as_ptr() as usize;
-        let (mut i, flags) = value::short(i).map_err(value::in_field("basic property flags"))?;
-        if flags & !Self::DEFINED_FLAGS != 0 {
-            return Err(nom::Err::Error(WireError {
-                at: flags_at,
-                kind: crate::error::DecodeErrorKind::InvalidPropertyFlags { flags },
-                context: "basic property flags",
-            }));
-        }
-        let mut props = Self::default();
-        if flags & (1 << 15) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property content-type"))?;
-            props.content_type = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 14) != 0 {
-            let (rest, v) = value::shortstr(src, i)
-                .map_err(value::in_field("basic property content-encoding"))?;
-            props.content_encoding = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 13) != 0 {
-            let (rest, v) =
-                value::table(src, i).map_err(value::in_field("basic property headers"))?;
-            props.headers = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 12) != 0 {
-            let (rest, v) =
-                value::octet(i).map_err(value::in_field("basic property delivery-mode"))?;
-            props.delivery_mode = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 11) != 0 {
-            let (rest, v) = value::octet(i).map_err(value::in_field("basic property priority"))?;
-            props.priority = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 10) != 0 {
-            let (rest, v) = value::shortstr(src, i)
-                .map_err(value::in_field("basic property correlation-id"))?;
-            props.correlation_id = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 9) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property reply-to"))?;
-            props.reply_to = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 8) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property expiration"))?;
-            props.expiration = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 7) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property message-id"))?;
-            props.message_id = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 6) != 0 {
-            let (rest, v) =
-                value::longlong(i).map_err(value::in_field("basic property timestamp"))?;
-            props.timestamp = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 5) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property type"))?;
-            props.kind = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 4) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property user-id"))?;
-            props.user_id = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 3) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property app-id"))?;
-            props.app_id = Some(v);
-            i = rest;
-        }
-        if flags & (1 << 2) != 0 {
-            let (rest, v) =
-                value::shortstr(src, i).map_err(value::in_field("basic property reserved"))?;
-            props.reserved = Some(v);
-            i = rest;
-        }
-        Ok((i, props))
-    }
-
     /// Sets `content-type`.
     pub fn with_content_type(mut self, value: ShortString) -> Self {
         self.content_type = Some(value);
@@ -4804,5 +4711,451 @@ impl fmt::Display for BasicProperties {
         }
         let _ = sep;
         Ok(())
+    }
+}
+
+/// The content properties of class `basic` as received (in the content
+/// header of `basic.publish`, `basic.return`, `basic.deliver`, `basic.get-ok`): the property-flags word and a zero-copy view of
+/// the properties' wire encoding, checked once when the frame was parsed
+/// and decoded on demand. Each getter skips the properties before its own
+/// and decodes only that one, without allocating (short strings of up to
+/// [`ShortString::INLINE_LEN`] bytes are copied inline, longer ones and
+/// tables are views); [`EncodedBasicProperties::to_properties`] decodes them all.
+///
+/// The view holds exactly the properties the flags announce, after the
+/// flags word (bytes a peer adds after them are not kept). The encoding of
+/// given properties is unique, so two values are equal exactly when their
+/// properties are. `From<&BasicProperties>` encodes owned properties.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EncodedBasicProperties {
+    flags: u16,
+    raw: Bytes,
+}
+
+impl EncodedBasicProperties {
+    /// How to step over each property, in flag order.
+    const WIDTHS: [value::Width; 14] = [
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+        value::Width::U32Prefixed,
+        value::Width::Fixed(1),
+        value::Width::Fixed(1),
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+        value::Width::Fixed(8),
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+        value::Width::U8Prefixed,
+    ];
+
+    /// The property-flags word: bit 15 for the first property, downwards.
+    pub fn flags(&self) -> u16 {
+        self.flags
+    }
+
+    /// The encoded properties that follow the flags word.
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// Whether no property is present.
+    pub fn is_empty(&self) -> bool {
+        self.flags == 0
+    }
+
+    /// Bytes the flags word and the present properties take.
+    pub fn encoded_len(&self) -> usize {
+        2 + self.raw.len()
+    }
+
+    /// Writes the flags word and the present properties.
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        buf.put_u16(self.flags);
+        buf.put_slice(&self.raw);
+    }
+
+    /// Parses the flags word and checks the properties it announces,
+    /// without building them: the errors (kind, field, offset) are those a
+    /// full decode would report. The result is a view of `src`.
+    pub(crate) fn decode<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, Self> {
+        let flags_at = i.as_ptr() as usize;
+        let (i, flags) = value::short(i).map_err(value::in_field("basic property flags"))?;
+        if flags & !BasicProperties::DEFINED_FLAGS != 0 {
+            return Err(nom::Err::Error(WireError {
+                at: flags_at,
+                kind: crate::error::DecodeErrorKind::InvalidPropertyFlags { flags },
+                context: "basic property flags",
+            }));
+        }
+        let start = i;
+        let mut i = i;
+        if flags & (1 << 15) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property content-type"))?;
+            i = rest;
+        }
+        if flags & (1 << 14) != 0 {
+            let (rest, _) = value::skip_shortstr(i)
+                .map_err(value::in_field("basic property content-encoding"))?;
+            i = rest;
+        }
+        if flags & (1 << 13) != 0 {
+            let (rest, _) =
+                value::skip_table(i).map_err(value::in_field("basic property headers"))?;
+            i = rest;
+        }
+        if flags & (1 << 12) != 0 {
+            let (rest, _) =
+                value::octet(i).map_err(value::in_field("basic property delivery-mode"))?;
+            i = rest;
+        }
+        if flags & (1 << 11) != 0 {
+            let (rest, _) = value::octet(i).map_err(value::in_field("basic property priority"))?;
+            i = rest;
+        }
+        if flags & (1 << 10) != 0 {
+            let (rest, _) = value::skip_shortstr(i)
+                .map_err(value::in_field("basic property correlation-id"))?;
+            i = rest;
+        }
+        if flags & (1 << 9) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property reply-to"))?;
+            i = rest;
+        }
+        if flags & (1 << 8) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property expiration"))?;
+            i = rest;
+        }
+        if flags & (1 << 7) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property message-id"))?;
+            i = rest;
+        }
+        if flags & (1 << 6) != 0 {
+            let (rest, _) =
+                value::longlong(i).map_err(value::in_field("basic property timestamp"))?;
+            i = rest;
+        }
+        if flags & (1 << 5) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property type"))?;
+            i = rest;
+        }
+        if flags & (1 << 4) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property user-id"))?;
+            i = rest;
+        }
+        if flags & (1 << 3) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property app-id"))?;
+            i = rest;
+        }
+        if flags & (1 << 2) != 0 {
+            let (rest, _) =
+                value::skip_shortstr(i).map_err(value::in_field("basic property reserved"))?;
+            i = rest;
+        }
+        let raw = src.slice_ref(&start[..start.len() - i.len()]);
+        Ok((i, EncodedBasicProperties { flags, raw }))
+    }
+
+    /// Property `index` (in flag order), from its first byte, when present.
+    fn find(&self, index: usize) -> Option<&[u8]> {
+        if self.flags & (1 << (15 - index)) == 0 {
+            return None;
+        }
+        let mut i: &[u8] = &self.raw;
+        for (n, width) in Self::WIDTHS[..index].iter().enumerate() {
+            if self.flags & (1 << (15 - n)) != 0 {
+                i = value::skip_checked(i, *width)?;
+            }
+        }
+        Some(i)
+    }
+
+    /// `content-type` (shortstr), when present.
+    pub fn content_type(&self) -> Option<ShortString> {
+        let i = self.find(0)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `content-encoding` (shortstr), when present.
+    pub fn content_encoding(&self) -> Option<ShortString> {
+        let i = self.find(1)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `headers` (table), when present.
+    pub fn headers(&self) -> Option<FieldTable> {
+        let i = self.find(2)?;
+        value::table_checked(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `delivery-mode` (octet), when present.
+    pub fn delivery_mode(&self) -> Option<u8> {
+        let i = self.find(3)?;
+        value::octet(i).ok().map(|(_, v)| v)
+    }
+
+    /// `priority` (octet), when present.
+    pub fn priority(&self) -> Option<u8> {
+        let i = self.find(4)?;
+        value::octet(i).ok().map(|(_, v)| v)
+    }
+
+    /// `correlation-id` (shortstr), when present.
+    pub fn correlation_id(&self) -> Option<ShortString> {
+        let i = self.find(5)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `reply-to` (shortstr), when present.
+    pub fn reply_to(&self) -> Option<ShortString> {
+        let i = self.find(6)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `expiration` (shortstr), when present.
+    pub fn expiration(&self) -> Option<ShortString> {
+        let i = self.find(7)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `message-id` (shortstr), when present.
+    pub fn message_id(&self) -> Option<ShortString> {
+        let i = self.find(8)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `timestamp` (timestamp), when present.
+    pub fn timestamp(&self) -> Option<u64> {
+        let i = self.find(9)?;
+        value::longlong(i).ok().map(|(_, v)| v)
+    }
+
+    /// `type` (shortstr), when present.
+    pub fn kind(&self) -> Option<ShortString> {
+        let i = self.find(10)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `user-id` (shortstr), when present.
+    pub fn user_id(&self) -> Option<ShortString> {
+        let i = self.find(11)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `app-id` (shortstr), when present.
+    pub fn app_id(&self) -> Option<ShortString> {
+        let i = self.find(12)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// `reserved` (shortstr), when present.
+    pub fn reserved(&self) -> Option<ShortString> {
+        let i = self.find(13)?;
+        value::shortstr(&self.raw, i).ok().map(|(_, v)| v)
+    }
+
+    /// Decodes every present property into the owned form.
+    pub fn to_properties(&self) -> BasicProperties {
+        let mut props = BasicProperties::default();
+        let src = &self.raw;
+        let mut i: &[u8] = src;
+        if self.flags & (1 << 15) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.content_type = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 14) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.content_encoding = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 13) != 0 {
+            let Ok((rest, v)) = value::table_checked(src, i) else {
+                return props;
+            };
+            props.headers = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 12) != 0 {
+            let Ok((rest, v)) = value::octet(i) else {
+                return props;
+            };
+            props.delivery_mode = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 11) != 0 {
+            let Ok((rest, v)) = value::octet(i) else {
+                return props;
+            };
+            props.priority = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 10) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.correlation_id = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 9) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.reply_to = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 8) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.expiration = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 7) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.message_id = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 6) != 0 {
+            let Ok((rest, v)) = value::longlong(i) else {
+                return props;
+            };
+            props.timestamp = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 5) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.kind = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 4) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.user_id = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 3) != 0 {
+            let Ok((rest, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.app_id = Some(v);
+            i = rest;
+        }
+        if self.flags & (1 << 2) != 0 {
+            let Ok((_, v)) = value::shortstr(src, i) else {
+                return props;
+            };
+            props.reserved = Some(v);
+        }
+        props
+    }
+}
+
+impl From<&BasicProperties> for EncodedBasicProperties {
+    /// Encodes `properties` into a fresh buffer.
+    fn from(properties: &BasicProperties) -> Self {
+        let flags = properties.flags();
+        if flags == 0 {
+            return Self::default();
+        }
+        let mut raw = BytesMut::with_capacity(properties.encoded_len());
+        properties.encode(&mut raw);
+        raw.advance(2); // the flags word, kept apart
+        EncodedBasicProperties {
+            flags,
+            raw: raw.freeze(),
+        }
+    }
+}
+
+impl From<BasicProperties> for EncodedBasicProperties {
+    fn from(properties: BasicProperties) -> Self {
+        Self::from(&properties)
+    }
+}
+
+/// Encoded arbitrary [`BasicProperties`].
+#[cfg(any(test, feature = "arbitrary"))]
+impl<'a> arbitrary::Arbitrary<'a> for EncodedBasicProperties {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(Self::from(
+            <BasicProperties as arbitrary::Arbitrary>::arbitrary(u)?,
+        ))
+    }
+}
+
+/// The present properties, decoded.
+impl fmt::Debug for EncodedBasicProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let props = self.to_properties();
+        let mut d = f.debug_struct("EncodedBasicProperties");
+        if let Some(v) = &props.content_type {
+            d.field("content_type", v);
+        }
+        if let Some(v) = &props.content_encoding {
+            d.field("content_encoding", v);
+        }
+        if let Some(v) = &props.headers {
+            d.field("headers", v);
+        }
+        if let Some(v) = &props.delivery_mode {
+            d.field("delivery_mode", v);
+        }
+        if let Some(v) = &props.priority {
+            d.field("priority", v);
+        }
+        if let Some(v) = &props.correlation_id {
+            d.field("correlation_id", v);
+        }
+        if let Some(v) = &props.reply_to {
+            d.field("reply_to", v);
+        }
+        if let Some(v) = &props.expiration {
+            d.field("expiration", v);
+        }
+        if let Some(v) = &props.message_id {
+            d.field("message_id", v);
+        }
+        if let Some(v) = &props.timestamp {
+            d.field("timestamp", v);
+        }
+        if let Some(v) = &props.kind {
+            d.field("kind", v);
+        }
+        if let Some(v) = &props.user_id {
+            d.field("user_id", v);
+        }
+        if let Some(v) = &props.app_id {
+            d.field("app_id", v);
+        }
+        if let Some(v) = &props.reserved {
+            d.field("reserved", v);
+        }
+        d.finish()
+    }
+}
+
+/// As [`BasicProperties`]'s `Display`: the present properties as `name=value`.
+impl fmt::Display for EncodedBasicProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.to_properties(), f)
     }
 }

@@ -112,6 +112,118 @@ fn method_metadata_matches_the_spec() {
     );
 }
 
+/// Checks every getter, `to_properties`, the encoding and the formatting of
+/// `encoded` against the owned `properties`.
+fn assert_same_properties(encoded: &EncodedBasicProperties, properties: &BasicProperties) {
+    assert_eq!(&encoded.to_properties(), properties);
+    assert_eq!(encoded.flags(), properties.flags());
+    assert_eq!(encoded.is_empty(), properties.flags() == 0);
+    assert_eq!(encoded.content_type(), properties.content_type);
+    assert_eq!(encoded.content_encoding(), properties.content_encoding);
+    assert_eq!(encoded.headers(), properties.headers);
+    assert_eq!(encoded.delivery_mode(), properties.delivery_mode);
+    assert_eq!(encoded.priority(), properties.priority);
+    assert_eq!(encoded.correlation_id(), properties.correlation_id);
+    assert_eq!(encoded.reply_to(), properties.reply_to);
+    assert_eq!(encoded.expiration(), properties.expiration);
+    assert_eq!(encoded.message_id(), properties.message_id);
+    assert_eq!(encoded.timestamp(), properties.timestamp);
+    assert_eq!(encoded.kind(), properties.kind);
+    assert_eq!(encoded.user_id(), properties.user_id);
+    assert_eq!(encoded.app_id(), properties.app_id);
+    assert_eq!(encoded.reserved(), properties.reserved);
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    encoded.encode(&mut ours);
+    properties.encode(&mut theirs);
+    assert_eq!(ours, theirs);
+    assert_eq!(encoded.encoded_len(), properties.encoded_len());
+    assert_eq!(encoded.to_string(), properties.to_string());
+    assert_eq!(&EncodedBasicProperties::from(properties), encoded);
+}
+
+/// The eager decode the generator wrote before properties were kept encoded:
+/// every present property built, in flag order. The reference for the errors
+/// of [`EncodedBasicProperties::decode`].
+fn eager_decode<'a>(src: &Bytes, i: &'a [u8]) -> value::WireResult<'a, BasicProperties> {
+    let flags_at = i.as_ptr() as usize;
+    let (mut i, flags) = value::short(i).map_err(value::in_field("basic property flags"))?;
+    if flags & !BasicProperties::DEFINED_FLAGS != 0 {
+        return Err(nom::Err::Error(value::WireError {
+            at: flags_at,
+            kind: crate::error::DecodeErrorKind::InvalidPropertyFlags { flags },
+            context: "basic property flags",
+        }));
+    }
+    let mut p = BasicProperties::default();
+    macro_rules! property {
+        ($bit:expr, $field:ident, $name:literal, $parse:expr) => {
+            if flags & (1 << $bit) != 0 {
+                let (rest, v) =
+                    $parse(i).map_err(value::in_field(concat!("basic property ", $name)))?;
+                p.$field = Some(v);
+                i = rest;
+            }
+        };
+    }
+    let shortstr = |i| value::shortstr(src, i);
+    property!(15, content_type, "content-type", shortstr);
+    property!(14, content_encoding, "content-encoding", shortstr);
+    property!(13, headers, "headers", |i| value::table(src, i));
+    property!(12, delivery_mode, "delivery-mode", value::octet);
+    property!(11, priority, "priority", value::octet);
+    property!(10, correlation_id, "correlation-id", shortstr);
+    property!(9, reply_to, "reply-to", shortstr);
+    property!(8, expiration, "expiration", shortstr);
+    property!(7, message_id, "message-id", shortstr);
+    property!(6, timestamp, "timestamp", value::longlong);
+    property!(5, kind, "type", shortstr);
+    property!(4, user_id, "user-id", shortstr);
+    property!(3, app_id, "app-id", shortstr);
+    property!(2, reserved, "reserved", shortstr);
+    Ok((i, p))
+}
+
+#[test]
+fn received_properties_read_one_at_a_time() {
+    let headers = FieldTable::new().with("x-n", 7i32).unwrap();
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from_static("text/plain"))
+        .with_headers(headers.clone())
+        .with_timestamp(1_700_000_000)
+        .with_kind(ShortString::try_from("a type name longer than 23 bytes").unwrap())
+        .with_app_id(ShortString::from_static("app"));
+    let encoded = EncodedBasicProperties::from(&properties);
+    assert_same_properties(&encoded, &properties);
+    assert_eq!(encoded.priority(), None);
+    assert_eq!(encoded.kind().unwrap(), "a type name longer than 23 bytes");
+    // Tables and long short strings are views of the encoding.
+    let raw = encoded.raw().as_ptr_range();
+    assert!(raw.contains(&encoded.headers().unwrap().encoded().as_ptr()));
+    assert!(raw.contains(&encoded.kind().unwrap().as_bytes().as_ptr()));
+    // Debug lists the present properties only, decoded.
+    assert_eq!(
+        format!("{encoded:?}"),
+        "EncodedBasicProperties { content_type: \"text/plain\", headers: {\"x-n\": I32(7)}, \
+         timestamp: 1700000000, kind: \"a type name longer than 23 bytes\", app_id: \"app\" }"
+    );
+    assert_eq!(
+        format!("{:?}", EncodedBasicProperties::default()),
+        "EncodedBasicProperties"
+    );
+    assert!(EncodedBasicProperties::default().to_string().is_empty());
+}
+
+#[test]
+fn received_properties_keep_no_padding() {
+    // Flags: content-type. Then the string and 3 bytes of padding.
+    let src = Bytes::from_static(b"\x80\x00\x02okPAD");
+    let (rest, encoded) = EncodedBasicProperties::decode(&src, &src).unwrap();
+    assert_eq!(rest, b"PAD");
+    assert_eq!(&encoded.raw()[..], b"\x02ok");
+    assert_eq!(encoded.encoded_len(), 5);
+    assert_eq!(encoded.content_type().unwrap(), "ok");
+}
+
 /// Re-encodes a decoded table entry by entry.
 fn reencode(table: &FieldTable) -> Bytes {
     let mut out = BytesMut::new();
@@ -135,8 +247,58 @@ proptest! {
     #[test]
     fn basic_properties_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096), body_size in any::<u64>()) {
         if let Ok(properties) = BasicProperties::arbitrary(&mut Unstructured::new(&data)) {
-            let header = ContentHeader { class_id: CLASS_BASIC, body_size, properties };
-            assert_frame_round_trips(&Frame::Header { channel: 1, header });
+            let encoded = EncodedBasicProperties::from(&properties);
+            assert_same_properties(&encoded, &properties);
+            let header = ContentHeader { class_id: CLASS_BASIC, body_size, properties: encoded };
+            let frame = Frame::Header { channel: 1, header };
+            assert_frame_round_trips(&frame);
+            // What the decoder gives back reads as the properties encoded.
+            let mut wire = BytesMut::new();
+            frame.encode(&mut wire);
+            let Ok(Decoded::Frame(Frame::Header { header, .. })) =
+                FrameDecoder::with_frame_max(u32::MAX).decode(&mut wire)
+            else {
+                panic!("not a header frame");
+            };
+            assert_same_properties(&header.properties, &properties);
+        }
+    }
+
+    #[test]
+    fn lazy_property_checks_fail_as_an_eager_decode_does(
+        data in proptest::collection::vec(any::<u8>(), 0..1024),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+        xor in any::<u8>(),
+        mode in 0u8..4,
+    ) {
+        // Valid encodings, cut short and/or with one byte changed: the
+        // lazy check must accept exactly what a full decode accepts, and
+        // fail with the same error at the same place.
+        let Ok(properties) = BasicProperties::arbitrary(&mut Unstructured::new(&data)) else {
+            return Ok(());
+        };
+        let mut wire = Vec::new();
+        properties.encode(&mut wire);
+        wire.extend_from_slice(b"pad");
+        if mode & 1 != 0 {
+            let at = flip.index(wire.len());
+            wire[at] ^= xor;
+        }
+        if mode & 2 != 0 {
+            wire.truncate(cut.index(wire.len() + 1));
+        }
+        let src = Bytes::from(wire);
+        let lazy = EncodedBasicProperties::decode(&src, &src);
+        let eager = eager_decode(&src, &src);
+        match (lazy, eager) {
+            (Ok((rest, lazy)), Ok((eager_rest, eager))) => {
+                prop_assert_eq!(rest.len(), eager_rest.len());
+                assert_same_properties(&lazy, &eager);
+                prop_assert_eq!(lazy.encoded_len(), src.len() - rest.len());
+            }
+            (Err(lazy), Err(eager)) => prop_assert_eq!(lazy, eager),
+            (lazy, eager) => panic!("lazy {lazy:?}, eager {eager:?}"),
         }
     }
 

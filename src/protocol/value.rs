@@ -131,6 +131,65 @@ pub(crate) fn table<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, FieldTable> 
     Ok((rest, FieldTable(src.slice_ref(body))))
 }
 
+// Skipping: the checks of `shortstr`, `longstr` and `table`, with the same
+// errors, without building the value. Content properties are validated this
+// way when their frame is parsed, and decoded later, on demand.
+
+/// Checks a short string and steps over it.
+pub(crate) fn skip_shortstr(i: &[u8]) -> WireResult<'_, ()> {
+    let (rest, len) = be_u8(i)?;
+    let (rest, _) = take_len(rest, u64::from(len))?;
+    Ok((rest, ()))
+}
+
+/// Checks a long string's length and steps over it.
+// The generator emits it for long-string properties; 0-9-1 defines none.
+#[allow(dead_code)]
+pub(crate) fn skip_longstr(i: &[u8]) -> WireResult<'_, ()> {
+    long_bytes(i).map(|(rest, _)| (rest, ()))
+}
+
+/// Checks a field table (length and every entry) and steps over it.
+pub(crate) fn skip_table(i: &[u8]) -> WireResult<'_, ()> {
+    let (rest, body) = long_bytes(i)?;
+    validate_table(body, MAX_NESTING)?;
+    Ok((rest, ()))
+}
+
+/// How to step over one value that was checked already: what
+/// [`skip_checked`] needs to know of its wire type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Width {
+    /// An octet length, then that many bytes (a short string).
+    U8Prefixed,
+    /// A 32-bit length, then that many bytes (a long string or table).
+    U32Prefixed,
+    /// A fixed number of bytes.
+    Fixed(usize),
+}
+
+/// Steps over one value of `width` at the head of `i`, which was checked
+/// (by the `skip_*` functions above) when its frame was parsed. `None` only
+/// if it was not: callers treat that as an absent value, never a panic.
+pub(crate) fn skip_checked(i: &[u8], width: Width) -> Option<&[u8]> {
+    let len = match width {
+        Width::U8Prefixed => 1 + usize::from(*i.first()?),
+        Width::U32Prefixed => {
+            let len: [u8; 4] = i.get(..4)?.try_into().ok()?;
+            4 + usize::try_from(u32::from_be_bytes(len)).ok()?
+        }
+        Width::Fixed(n) => n,
+    };
+    i.get(len..)
+}
+
+/// A field table at the head of `i` that was checked when its frame was
+/// parsed, as a view of `src`, without checking it again.
+pub(crate) fn table_checked<'a>(src: &Bytes, i: &'a [u8]) -> WireResult<'a, FieldTable> {
+    let (rest, body) = long_bytes(i)?;
+    Ok((rest, FieldTable(src.slice_ref(body))))
+}
+
 pub(crate) fn put_shortstr(buf: &mut impl BufMut, s: &ShortString) {
     let bytes = s.as_bytes();
     buf.put_u8(bytes.len() as u8);

@@ -664,7 +664,12 @@ fn deliveries_are_assembled_and_a_single_frame_body_is_not_copied() {
         body_at >= buf_start && body_at < buf_start + wire.len(),
         "body is a view of the read buffer"
     );
-    assert_eq!(deliveries[0].properties.delivery_mode, Some(2));
+    assert_eq!(deliveries[0].properties.delivery_mode(), Some(2));
+    let raw = deliveries[0].properties.raw().as_ptr() as usize;
+    assert!(
+        raw >= buf_start && raw < buf_start + wire.len(),
+        "properties are a view of the read buffer"
+    );
     assert_eq!(deliveries[1].body.len(), 300_000);
     assert_eq!(deliveries[1].delivery_tag, 2);
 }
