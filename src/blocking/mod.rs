@@ -2,7 +2,7 @@
 //! while the connection's reactor thread does the I/O.
 //!
 //! Each type wraps its [`crate::nonblocking`] counterpart and waits by
-//! parking the thread until the reactor wakes it ([`wait`]); no protocol
+//! parking the thread until the reactor wakes it (`blocking/wait.rs`); no protocol
 //! logic lives here.
 //!
 //! [`Connection`], [`Channel`] and [`Consumer`] are `Send + Sync`: share them

@@ -385,7 +385,7 @@ enum Parser<T> {
 }
 
 /// An operation already handed to the connection, whose result can be
-/// awaited (it is a `Future`) or waited for with [`Call::wait`].
+/// awaited (it is a `Future`), or waited for by the blocking facade.
 ///
 /// The command is sent when the call is made, not when it is awaited, so
 /// calls pipeline. Dropping a `Call` does not cancel the operation; its

@@ -456,17 +456,7 @@ impl<R, C: Clone> Channel<R, C> {
                     // The broker closed the channel as we did (often for an
                     // error our close crossed): answer, report its reason,
                     // and keep the number until its close-ok for ours comes.
-                    out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
-                    let error = Error::ChannelClosed {
-                        code: m.reply_code,
-                        text: m.reply_text.to_string(),
-                        class_id: m.class_id,
-                        method_id: m.method_id,
-                    };
-                    out.events.push_back(Event::ChannelClosed {
-                        channel: self.id,
-                        error: error.clone(),
-                    });
+                    let error = self.closed_by_broker(&m, out);
                     if let Some(reply) = self.close_reply.take() {
                         out.done(reply, Err(error));
                     }
@@ -517,24 +507,34 @@ impl<R, C: Clone> Channel<R, C> {
                 Ok(false)
             }
             Method::ChannelClose(m) => {
-                out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
-                let error = Error::ChannelClosed {
-                    code: m.reply_code,
-                    text: m.reply_text.to_string(),
-                    class_id: m.class_id,
-                    method_id: m.method_id,
-                };
-                // Handles learn the channel is closed before any call they
-                // wait on fails, so their next call sees the same error.
-                out.events.push_back(Event::ChannelClosed {
-                    channel: self.id,
-                    error: error.clone(),
-                });
+                let error = self.closed_by_broker(&m, out);
                 self.fail_all(&error, out);
                 Ok(true)
             }
             reply => self.answer(reply, out),
         }
+    }
+
+    /// The broker's channel.close: answers close-ok and tells the handles,
+    /// before any call they wait on fails, so their next call sees the same
+    /// error. Returns that error.
+    fn closed_by_broker(
+        &self,
+        close: &crate::protocol::ChannelClose,
+        out: &mut Output<R, C>,
+    ) -> Error {
+        out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
+        let error = Error::ChannelClosed {
+            code: close.reply_code,
+            text: close.reply_text.to_string(),
+            class_id: close.class_id,
+            method_id: close.method_id,
+        };
+        out.events.push_back(Event::ChannelClosed {
+            channel: self.id,
+            error: error.clone(),
+        });
+        error
     }
 
     /// A method that should answer the RPC in flight.
