@@ -1,0 +1,146 @@
+//! warren's async facade under a current-thread tokio runtime: publishes by
+//! awaiting `basic_publish` in a loop (it completes once the message is
+//! queued for the socket, so this pipelines); confirms through
+//! `basic_publish_confirmed` calls, awaiting the oldest once 1000 are
+//! outstanding; consumes from the `Stream`, and for many-queues with one
+//! task per queue.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use warren::nonblocking::{Channel, Connection};
+use warren::options::{ConsumeOptions, PublishOptions};
+use warren::protocol::{BasicProperties, FieldTable};
+
+use crate::worker::{ack_now, Job, Signal};
+use crate::{Res, Scenario, CONFIRM_WINDOW, PREFETCH};
+
+pub async fn run(job: &Job, signal: &mut Signal) -> Res {
+    let connection = Connection::open(&job.uri).await?;
+    match job.scenario {
+        Scenario::Publish | Scenario::PublishConfirm => publish(&connection, job, signal).await?,
+        Scenario::Consume | Scenario::ManyQueues => consume(&connection, job, signal).await?,
+    }
+    connection.close().await?;
+    Ok(())
+}
+
+async fn publish(connection: &Connection, job: &Job, signal: &mut Signal) -> Res {
+    let channel = connection.open_channel().await?;
+    let confirm = job.scenario == Scenario::PublishConfirm;
+    if confirm {
+        channel.confirm_select().await?;
+    }
+    let body = Bytes::from(job.body());
+    let queue = job.queues[0].as_str();
+    signal.go();
+    if confirm {
+        let mut window = VecDeque::with_capacity(CONFIRM_WINDOW);
+        for _ in 0..job.messages {
+            if window.len() == CONFIRM_WINDOW {
+                let oldest: warren::nonblocking::Call<warren::Confirmation> =
+                    window.pop_front().unwrap();
+                if !oldest.await?.is_ack() {
+                    return Err("a message was nacked".into());
+                }
+            }
+            let call = channel
+                .basic_publish_confirmed(
+                    "",
+                    queue,
+                    PublishOptions::default(),
+                    BasicProperties::default(),
+                    body.clone(),
+                )
+                .await?;
+            window.push_back(call);
+        }
+        for call in window {
+            if !call.await?.is_ack() {
+                return Err("a message was nacked".into());
+            }
+        }
+    } else {
+        for _ in 0..job.messages {
+            channel
+                .basic_publish(
+                    "",
+                    queue,
+                    PublishOptions::default(),
+                    BasicProperties::default(),
+                    body.clone(),
+                )
+                .await?;
+        }
+    }
+    signal.finish_async().await;
+    Ok(())
+}
+
+async fn consume(connection: &Connection, job: &Job, signal: &mut Signal) -> Res {
+    let mut channels = Vec::with_capacity(job.queues.len());
+    for _ in &job.queues {
+        let channel = connection.open_channel().await?;
+        channel.basic_qos(PREFETCH, false).await?;
+        channels.push(Arc::new(channel));
+    }
+    let counts = signal.counts();
+    signal.go();
+    let per_queue = job.per_queue();
+    if channels.len() == 1 {
+        drain(
+            channels[0].clone(),
+            job.queues[0].clone(),
+            per_queue,
+            counts,
+            0,
+        )
+        .await?;
+    } else {
+        // Each queue's task starts its consumer and drains it.
+        let tasks: Vec<_> = channels
+            .iter()
+            .zip(&job.queues)
+            .enumerate()
+            .map(|(i, (channel, queue))| {
+                tokio::spawn(drain(
+                    channel.clone(),
+                    queue.clone(),
+                    per_queue,
+                    counts.clone(),
+                    i,
+                ))
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+    }
+    signal.finish_async().await;
+    Ok(())
+}
+
+/// Starts a consumer on `queue` and receives `total` deliveries, acking
+/// with `multiple` every 100.
+async fn drain(
+    channel: Arc<Channel>,
+    queue: String,
+    total: u64,
+    counts: Arc<Vec<AtomicU64>>,
+    index: usize,
+) -> Res {
+    let mut consumer = channel
+        .basic_consume(&queue, "", ConsumeOptions::default(), FieldTable::new())
+        .await?;
+    for received in 1..=total {
+        let delivery = consumer.next().await.ok_or("the consumer ended early")??;
+        counts[index].fetch_add(1, Ordering::Relaxed);
+        if ack_now(received, total) {
+            channel.basic_ack(delivery.delivery_tag, true)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,506 @@
+//! The coordinator: prepares queues with warren's blocking client, runs one
+//! worker process per measurement, times it, cleans up, and writes the
+//! report.
+//!
+//! Order: for each scenario, for each size, for each run, every client once
+//! (round-robin; the starting client rotates from run to run, so no client
+//! always goes first after a queue fill).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use warren::blocking::{Channel, Connection};
+use warren::options::{PublishOptions, QueueDeclareOptions, QueueDeleteOptions};
+use warren::protocol::{BasicProperties, FieldTable};
+
+use crate::report::{self, Sample};
+use crate::worker::{self, Job};
+use crate::{Res, Scenario, CLIENTS};
+
+pub const USAGE: &str = "\
+usage: warren-compare [OPTIONS]
+
+Runs publish, publish-confirm, consume and many-queues through warren
+(blocking and async), lapin, amqprs and amiquip against a local RabbitMQ,
+each measurement in a fresh worker process, and writes RESULTS.md and
+results.csv.
+
+options:
+  --messages N        messages per measurement (default 200000)
+  --sizes A,B         body sizes in bytes (default 16,1024)
+  --runs R            runs per client, scenario and size; medians reported (default 3)
+  --clients LIST      any of warren,warren-async,lapin,amqprs,amiquip (default all)
+  --scenarios LIST    any of publish,publish-confirm,consume,many-queues (default all)
+  --queues Q          queues in many-queues (default 200)
+  --uri URI           broker (default $WARREN_TEST_URI or amqp://guest:guest@127.0.0.1:5672/%2f)
+  --out DIR           where RESULTS.md and results.csv go (default: this crate's folder)
+  --help              this text";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub messages: u64,
+    pub sizes: Vec<usize>,
+    pub runs: usize,
+    pub clients: Vec<String>,
+    pub scenarios: Vec<Scenario>,
+    pub queues: usize,
+    pub uri: String,
+    pub out: PathBuf,
+}
+
+impl Options {
+    /// Parses the command line; `Ok(None)` for `--help`.
+    pub fn parse(args: &[String]) -> Res<Option<Options>> {
+        let mut options = Options {
+            messages: 200_000,
+            sizes: vec![16, 1024],
+            runs: 3,
+            clients: CLIENTS.iter().map(|c| c.to_string()).collect(),
+            scenarios: Scenario::ALL.to_vec(),
+            queues: 200,
+            uri: std::env::var("WARREN_TEST_URI")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            out: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        };
+        let mut args = args.iter();
+        while let Some(flag) = args.next() {
+            if flag == "--help" || flag == "-h" {
+                return Ok(None);
+            }
+            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+            let list = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+            match flag.as_str() {
+                "--messages" => options.messages = value.parse()?,
+                "--sizes" => {
+                    options.sizes = list().map(str::parse).collect::<Result<_, _>>()?;
+                }
+                "--runs" => options.runs = value.parse()?,
+                "--clients" => {
+                    options.clients = list().map(String::from).collect();
+                    for client in &options.clients {
+                        if !CLIENTS.contains(&client.as_str()) {
+                            return Err(format!("unknown client {client:?}").into());
+                        }
+                    }
+                }
+                "--scenarios" => {
+                    options.scenarios = list()
+                        .map(|s| Scenario::parse(s).ok_or(format!("unknown scenario {s:?}")))
+                        .collect::<Result<_, _>>()?;
+                }
+                "--queues" => options.queues = value.parse()?,
+                "--uri" => options.uri = value.clone(),
+                "--out" => options.out = PathBuf::from(value),
+                other => return Err(format!("unknown option {other}").into()),
+            }
+        }
+        if options.messages == 0 || options.runs == 0 || options.queues == 0 {
+            return Err("--messages, --runs and --queues must be positive".into());
+        }
+        if options.sizes.is_empty() || options.clients.is_empty() || options.scenarios.is_empty() {
+            return Err("--sizes, --clients and --scenarios need at least one entry".into());
+        }
+        if options.messages < options.queues as u64 {
+            return Err("--messages must be at least --queues".into());
+        }
+        Ok(Some(options))
+    }
+}
+
+/// Runs every measurement and writes the report.
+pub fn run(options: &Options) -> Res {
+    let started = Instant::now();
+    let harness = Harness::open(&options.uri)?;
+    let machine = report::Machine::probe(&harness.connection);
+    println!(
+        "warren-compare: {} messages, sizes {:?}, {} run(s), clients {}, against RabbitMQ {}",
+        options.messages,
+        options.sizes,
+        options.runs,
+        options.clients.join(","),
+        machine.rabbitmq
+    );
+    // The first measurement after the broker idled comes out slow (its
+    // schedulers and allocators wake up): one untimed round first.
+    let warm_up = Options {
+        messages: options.messages.min(50_000),
+        ..options.clone()
+    };
+    let sample = harness.measure(
+        &warm_up,
+        &options.clients[0],
+        options.scenarios[0],
+        options.sizes[0],
+        0,
+    );
+    println!(
+        "warm-up: {}",
+        sample.error.as_deref().unwrap_or("done (discarded)")
+    );
+    let mut samples = Vec::new();
+    for &scenario in &options.scenarios {
+        for &size in &options.sizes {
+            for run in 0..options.runs {
+                let n = options.clients.len();
+                for k in 0..n {
+                    let client = &options.clients[(k + run) % n];
+                    let sample = harness.measure(options, client, scenario, size, run);
+                    match &sample.error {
+                        None => println!("{}", sample.line()),
+                        Some(e) => println!("{}  FAILED: {e}", sample.label()),
+                    }
+                    samples.push(sample);
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    report::write(options, &machine, &samples, elapsed)?;
+    println!(
+        "wrote {} and {} in {:.0} s",
+        options.out.join("RESULTS.md").display(),
+        options.out.join("results.csv").display(),
+        elapsed.as_secs_f64()
+    );
+    harness.connection.close()?;
+    Ok(())
+}
+
+/// The coordinator's own connection: declares, fills, polls and deletes
+/// queues.
+struct Harness {
+    connection: Connection,
+    channel: Channel,
+    broker_pid: Option<u32>,
+    prefix: String,
+}
+
+impl Harness {
+    fn open(uri: &str) -> Res<Harness> {
+        let connection =
+            Connection::open(uri).map_err(|e| format!("cannot reach the broker at {uri}: {e}"))?;
+        let channel = connection.open_channel()?;
+        // Queues are filled with confirms on this channel.
+        channel.confirm_select()?;
+        Ok(Harness {
+            connection,
+            channel,
+            broker_pid: report::broker_pid(),
+            prefix: format!("warren-compare-{}", std::process::id()),
+        })
+    }
+
+    fn measure(
+        &self,
+        options: &Options,
+        client: &str,
+        scenario: Scenario,
+        size: usize,
+        run: usize,
+    ) -> Sample {
+        let queue_count = match scenario {
+            Scenario::ManyQueues => options.queues,
+            _ => 1,
+        };
+        let per_queue = options.messages / queue_count as u64;
+        let prefix = format!(
+            "{}-{}-{}-{}-{}",
+            self.prefix,
+            scenario.name(),
+            size,
+            run,
+            client
+        );
+        let job = Job {
+            scenario,
+            size,
+            messages: per_queue * queue_count as u64,
+            queues: worker::queue_names(&prefix, queue_count),
+            uri: options.uri.clone(),
+        };
+        let mut sample = Sample::new(client, scenario, size, run, job.messages);
+        let queues = Queues {
+            channel: &self.channel,
+            names: job.queues.clone(),
+        };
+        let t0 = Instant::now();
+        let declared = queues.declare(&job);
+        self.wait_quiet();
+        let t1 = Instant::now();
+        let outcome = declared.and_then(|()| self.run_worker(&job, client, &prefix, &mut sample));
+        let t2 = Instant::now();
+        if let Err(e) = outcome.and_then(|()| queues.check_after(&job)) {
+            sample.error = Some(e.to_string());
+        }
+        drop(queues);
+        eprintln!(
+            "phases: prepare {:?} worker {:?} cleanup {:?} (wall {:?})",
+            t1 - t0,
+            t2 - t1,
+            t2.elapsed(),
+            sample.wall
+        );
+        sample
+    }
+
+    /// Starts the worker and times it; fills `sample`.
+    fn run_worker(&self, job: &Job, client: &str, prefix: &str, sample: &mut Sample) -> Res {
+        let mut worker = Worker::start(job, client, prefix)?;
+        let result = self.time_worker(job, &mut worker, sample);
+        if result.is_err() {
+            worker.kill();
+        }
+        worker.reap()?;
+        result
+    }
+
+    fn time_worker(&self, job: &Job, worker: &mut Worker, sample: &mut Sample) -> Res {
+        let go = worker.expect("@@go", Duration::from_secs(60))?;
+        let broker_before = self.broker_cpu_us();
+        let machine_before = report::machine_cpu_us();
+        let done = worker.expect("@@done", Duration::from_secs(600))?;
+        let end = match job.scenario {
+            Scenario::Publish | Scenario::PublishConfirm => {
+                // Timed until the queue holds every message.
+                let full = Instant::now() + Duration::from_secs(600);
+                loop {
+                    let ready = self
+                        .channel
+                        .queue_declare(&job.queues[0], passive(), FieldTable::new())?
+                        .message_count as u64;
+                    if ready >= job.messages {
+                        break Instant::now().max(done.0);
+                    }
+                    if Instant::now() > full {
+                        return Err(format!("the queue holds {ready} of {}", job.messages).into());
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            Scenario::Consume | Scenario::ManyQueues => done.0,
+        };
+        let broker_after = self.broker_cpu_us();
+        let machine_after = report::machine_cpu_us();
+        worker.stop()?;
+        let result = worker.expect("@@result", Duration::from_secs(60))?;
+        sample.wall = end.duration_since(go.0);
+        for field in result.1.split_whitespace().skip(1) {
+            let (key, value) = field.split_once('=').ok_or("bad @@result line")?;
+            match key {
+                "cpu_us" => sample.cpu_us = value.parse()?,
+                "peak_rss_kb" => sample.peak_rss_kb = value.parse()?,
+                "jain" if job.scenario == Scenario::ManyQueues => {
+                    sample.jain = Some(value.parse()?)
+                }
+                _ => {}
+            }
+        }
+        if let (Some(before), Some(after)) = (broker_before, broker_after) {
+            sample.broker_cpu_us = Some(after.saturating_sub(before));
+        }
+        if let (Some(before), Some(after)) = (machine_before, machine_after) {
+            let machine = after.saturating_sub(before);
+            let ours = sample.cpu_us + sample.broker_cpu_us.unwrap_or(0);
+            sample.other_cpu_us = Some(machine.saturating_sub(ours));
+        }
+        Ok(())
+    }
+
+    /// Waits (at most 1 s) until the broker has gone quiet after the
+    /// previous measurement, its clean-up or a fill: under 20% of a core
+    /// over 100 ms.
+    fn wait_quiet(&self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            let Some(before) = self.broker_cpu_us() else {
+                return;
+            };
+            std::thread::sleep(Duration::from_millis(100));
+            let Some(after) = self.broker_cpu_us() else {
+                return;
+            };
+            if after.saturating_sub(before) <= 20_000 {
+                return;
+            }
+        }
+    }
+
+    /// The broker's (beam.smp's) CPU time so far, in µs.
+    fn broker_cpu_us(&self) -> Option<u64> {
+        report::process_cpu_us(self.broker_pid?)
+    }
+}
+
+fn passive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// The queues of one measurement; deleted when dropped, whatever happened.
+struct Queues<'a> {
+    channel: &'a Channel,
+    names: Vec<String>,
+}
+
+impl Queues<'_> {
+    /// Declares the queues, and fills them for the consume scenarios (with
+    /// confirms, before any timing).
+    fn declare(&self, job: &Job) -> Res {
+        for name in &self.names {
+            self.channel
+                .queue_declare(name, QueueDeclareOptions::default(), FieldTable::new())?;
+        }
+        if matches!(job.scenario, Scenario::Consume | Scenario::ManyQueues) {
+            let body = Bytes::from(job.body());
+            for name in &self.names {
+                for _ in 0..job.per_queue() {
+                    self.channel.basic_publish(
+                        "",
+                        name,
+                        PublishOptions::default(),
+                        BasicProperties::default(),
+                        body.clone(),
+                    )?;
+                }
+            }
+            if !self.channel.wait_for_confirms()? {
+                return Err("the broker nacked a message while filling".into());
+            }
+            for name in &self.names {
+                let ready = self
+                    .channel
+                    .queue_declare(name, passive(), FieldTable::new())?
+                    .message_count as u64;
+                if ready != job.per_queue() {
+                    return Err(format!("{name} holds {ready} after filling").into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what the worker left: publishers every message, consumers none.
+    fn check_after(&self, job: &Job) -> Res {
+        let expected = match job.scenario {
+            Scenario::Publish | Scenario::PublishConfirm => job.messages,
+            Scenario::Consume | Scenario::ManyQueues => 0,
+        };
+        let mut total = 0;
+        for name in &self.names {
+            total += self
+                .channel
+                .queue_declare(name, passive(), FieldTable::new())?
+                .message_count as u64;
+        }
+        if total != expected {
+            return Err(format!("{total} messages left in the queues, expected {expected}").into());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Queues<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            if let Err(e) = self
+                .channel
+                .queue_delete(name, QueueDeleteOptions::default())
+            {
+                eprintln!("warren-compare: could not delete queue {name}: {e}");
+            }
+        }
+    }
+}
+
+/// A running worker process and the lines it printed.
+struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<(Instant, String)>,
+}
+
+impl Worker {
+    fn start(job: &Job, client: &str, prefix: &str) -> Res<Worker> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(worker::args(job, client, prefix))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no worker stdout")?;
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("@@") && tx.send((Instant::now(), line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Worker {
+            child,
+            stdin,
+            lines,
+        })
+    }
+
+    /// Waits for the line starting with `what`; its arrival time and text.
+    fn expect(&mut self, what: &str, timeout: Duration) -> Res<(Instant, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) if line.split_whitespace().next() == Some(what) => {
+                    return Ok((at, line))
+                }
+                Ok(_) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!("the worker did not say {what} in {timeout:?}").into())
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    return Err(format!("the worker exited ({status}) before {what}").into());
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) -> Res {
+        let mut stdin = self.stdin.take().ok_or("stop sent twice")?;
+        stdin.write_all(b"stop\n")?;
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Waits for the worker to exit (at most 60 s, then kills it).
+    fn reap(mut self) -> Res {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("the worker exited with {status}").into())
+                };
+            }
+            if Instant::now() > deadline {
+                self.kill();
+                let _ = self.child.wait();
+                return Err("the worker did not exit in 60 s after stop; killed".into());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `warren-compare`: the same AMQP workloads through warren (blocking and
+//! async), lapin, amqprs and amiquip, against a local RabbitMQ.
+//!
+//! The harness process (the coordinator) prepares queues, then re-executes
+//! itself as a worker (`warren-compare --worker ...`) for every single
+//! measurement, so each client's CPU time and peak RSS are its own. Workers
+//! talk to the coordinator over stdin/stdout lines (see [`worker`]).
+//!
+//! `cargo run --release -p warren-compare -- --help` lists the options.
+
+mod clients;
+mod coordinator;
+mod report;
+mod worker;
+
+use std::process::ExitCode;
+
+/// The scenarios, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// N messages to a fresh queue, no confirms; timed until the queue holds N.
+    Publish,
+    /// The same with publisher confirms, up to [`CONFIRM_WINDOW`] outstanding.
+    PublishConfirm,
+    /// N messages from a pre-filled queue, prefetch 1000, ack multiple every 100.
+    Consume,
+    /// N messages spread over many pre-filled queues, one consumer per queue.
+    ManyQueues,
+}
+
+impl Scenario {
+    /// Every scenario, in run order.
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Publish,
+        Scenario::PublishConfirm,
+        Scenario::Consume,
+        Scenario::ManyQueues,
+    ];
+
+    /// The name used on the command line, in the CSV and in RESULTS.md.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Publish => "publish",
+            Scenario::PublishConfirm => "publish-confirm",
+            Scenario::Consume => "consume",
+            Scenario::ManyQueues => "many-queues",
+        }
+    }
+
+    /// Parses a scenario name.
+    pub fn parse(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// The clients, in the order of the first round.
+pub const CLIENTS: [&str; 5] = ["warren", "warren-async", "lapin", "amqprs", "amiquip"];
+
+/// Publisher confirms outstanding at most, in `publish-confirm`.
+pub const CONFIRM_WINDOW: usize = 1000;
+/// basic.qos prefetch count of every consumer.
+pub const PREFETCH: u16 = 1000;
+/// Consumers ack with `multiple = true` every this many deliveries.
+pub const ACK_EVERY: u64 = 100;
+
+/// A boxed error: every client library has its own error type.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The result of a client run.
+pub type Res<T = ()> = Result<T, BoxError>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--worker") {
+        return worker::main(&args[1..]);
+    }
+    match coordinator::Options::parse(&args) {
+        Ok(Some(options)) => match coordinator::run(&options) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("warren-compare: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(None) => {
+            println!("{}", coordinator::USAGE);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("warren-compare: {e}\n\n{}", coordinator::USAGE);
+            ExitCode::from(2)
+        }
+    }
+}

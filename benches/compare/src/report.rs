@@ -1,0 +1,592 @@
+//! Samples, medians, the machine description, and the two outputs:
+//! `RESULTS.md` (tables of medians) and `results.csv` (every run, then the
+//! medians).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::coordinator::Options;
+use crate::{Res, Scenario, CLIENTS};
+
+/// The pinned versions of the peers (Cargo.toml pins them with `=`).
+pub const PEER_VERSIONS: [(&str, &str); 3] = [
+    ("lapin", "4.12.3"),
+    ("amqprs", "2.1.5"),
+    ("amiquip", "0.4.2"),
+];
+
+/// One measurement: one client, one scenario, one size, one run.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub client: String,
+    pub scenario: Scenario,
+    pub size: usize,
+    pub run: usize,
+    pub messages: u64,
+    pub wall: Duration,
+    pub cpu_us: u64,
+    pub peak_rss_kb: u64,
+    pub jain: Option<f64>,
+    pub broker_cpu_us: Option<u64>,
+    /// CPU time of everything else on the machine over the timed span
+    /// (not the worker, not the broker): other people's load.
+    pub other_cpu_us: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl Sample {
+    pub fn new(client: &str, scenario: Scenario, size: usize, run: usize, messages: u64) -> Sample {
+        Sample {
+            client: client.to_string(),
+            scenario,
+            size,
+            run,
+            messages,
+            wall: Duration::ZERO,
+            cpu_us: 0,
+            peak_rss_kb: 0,
+            jain: None,
+            broker_cpu_us: None,
+            other_cpu_us: None,
+            error: None,
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.wall.as_secs_f64()
+    }
+
+    fn cpu_per_message(&self) -> f64 {
+        self.cpu_us as f64 / self.messages as f64
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.peak_rss_kb as f64 / 1024.0
+    }
+
+    /// Broker CPU time over wall time, in percent of one core.
+    fn broker_share(&self) -> Option<f64> {
+        self.broker_cpu_us
+            .map(|us| us as f64 / 1e4 / self.wall.as_secs_f64())
+    }
+
+    /// Everything else's CPU time over wall time, in percent of one core.
+    fn other_share(&self) -> Option<f64> {
+        self.other_cpu_us
+            .map(|us| us as f64 / 1e4 / self.wall.as_secs_f64())
+    }
+
+    pub fn label(&self) -> String {
+        format!(
+            "{:<16} {:>5} B  run {}  {:<13}",
+            self.scenario.name(),
+            self.size,
+            self.run + 1,
+            self.client
+        )
+    }
+
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{}  {:>9.0} msgs/s  {:>6.2} µs CPU/msg  {:>6.1} MiB",
+            self.label(),
+            self.rate(),
+            self.cpu_per_message(),
+            self.rss_mib()
+        );
+        if let Some(share) = self.broker_share() {
+            let _ = write!(line, "  broker {share:>3.0}%");
+        }
+        if let Some(share) = self.other_share() {
+            let _ = write!(line, "  other {share:>3.0}%");
+        }
+        if let Some(jain) = self.jain {
+            let _ = write!(line, "  jain {jain:.3}");
+        }
+        line
+    }
+}
+
+/// The medians of one client, scenario and size.
+struct Median {
+    rate: f64,
+    cpu: f64,
+    rss: f64,
+    broker: Option<f64>,
+    other: Option<f64>,
+    jain: Option<f64>,
+    ok: usize,
+    runs: usize,
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+fn medians(samples: &[&Sample]) -> Option<Median> {
+    let ok: Vec<&&Sample> = samples.iter().filter(|s| s.error.is_none()).collect();
+    let column =
+        |f: &dyn Fn(&Sample) -> Option<f64>| median(ok.iter().filter_map(|s| f(s)).collect());
+    Some(Median {
+        rate: column(&|s| Some(s.rate()))?,
+        cpu: column(&|s| Some(s.cpu_per_message()))?,
+        rss: column(&|s| Some(s.rss_mib()))?,
+        broker: column(&|s| s.broker_share()),
+        other: column(&|s| s.other_share()),
+        jain: column(&|s| s.jain),
+        ok: ok.len(),
+        runs: samples.len(),
+    })
+}
+
+/// What the results were measured on.
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub rabbitmq: String,
+    pub kernel: String,
+    pub rustc: String,
+    pub date: String,
+    pub warren: String,
+}
+
+impl Machine {
+    pub fn probe(connection: &warren::blocking::Connection) -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, model)| model.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let rabbitmq = command("rabbitmqctl", &["version"])
+            .and_then(|out| {
+                out.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(|l| l.trim().to_string())
+            })
+            .or_else(|| {
+                connection
+                    .server_properties()
+                    .get("version")
+                    .and_then(|v| v.as_str().map(String::from))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let commit = command(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
+        );
+        let dirty = command(
+            "git",
+            &[
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "status",
+                "--porcelain",
+                "--",
+                "../../src",
+            ],
+        )
+        .is_some_and(|s| !s.trim().is_empty());
+        let warren = match commit {
+            Some(commit) => format!(
+                "warren (path dependency) at commit {}{}",
+                commit.trim(),
+                if dirty {
+                    " with uncommitted changes in src/"
+                } else {
+                    ""
+                }
+            ),
+            None => "warren (path dependency)".into(),
+        };
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            cpu_model,
+            rabbitmq,
+            kernel: command("uname", &["-sr"])
+                .map_or_else(|| "unknown".into(), |s| s.trim().to_string()),
+            rustc: command("rustc", &["--version"])
+                .map_or_else(|| "unknown".into(), |s| s.trim().to_string()),
+            date: command("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+                .map_or_else(|| "unknown".into(), |s| s.trim().to_string()),
+            warren,
+        }
+    }
+}
+
+fn command(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program).args(args).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The pid of the broker's Erlang VM (`beam.smp`), if it runs here.
+pub fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == "beam.smp").then_some(pid)
+        })
+}
+
+/// CPU time spent by the whole machine (all cores, every process) so far,
+/// in µs, from /proc/stat.
+pub fn machine_cpu_us() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum::<u64>();
+    Some(busy * 1_000_000 / clock_ticks()?)
+}
+
+fn clock_ticks() -> Option<u64> {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then_some(hz as u64)
+}
+
+/// User + system CPU time of process `pid` in µs, from /proc/PID/stat.
+pub fn process_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1_000_000 / clock_ticks()?)
+}
+
+/// How each client was driven (also the module docs of `src/clients/`).
+const DRIVEN: &str = "\
+| client | runtime | publish | publish-confirm | consume | many-queues |
+| --- | --- | --- | --- | --- | --- |
+| warren | blocking facade (its reactor thread does the I/O) | `basic_publish` in a loop (returns once queued for the socket) | `basic_publish_confirmed` handles in a FIFO; once 1000 are outstanding, wait for the oldest | `Consumer::recv` in a loop, `basic_ack(tag, multiple)` every 100 | one thread per queue, each `recv` + ack as in consume (the blocking facade has no select over consumers) |
+| warren-async | async facade on a tokio current-thread runtime (plus warren's reactor thread) | `basic_publish(..).await` in a loop (completes once queued, so it pipelines) | `basic_publish_confirmed(..).await` gives a `Call`; FIFO of calls, await the oldest once 1000 are outstanding | `StreamExt::next` on the consumer, `basic_ack` every 100 | one tokio task per queue |
+| lapin | tokio current-thread runtime (plus lapin's own I/O-loop thread) | `basic_publish` futures run concurrently with `buffer_unordered(1000)` (each resolves when lapin has written it; awaiting one by one would serialise on the I/O loop) | the same stream, each future also awaiting its `PublisherConfirm`: at most 1000 confirms outstanding | `StreamExt::next` on the consumer; each multiple-ack (`Channel::basic_ack`) is spawned as a task so the consumer does not wait for it to be written | one tokio task per queue |
+| amqprs | tokio current-thread runtime (its reader, writer, channel and consumer tasks share it) | `basic_publish(..).await` in a loop (completes once handed to its writer task); it takes the body as an owned `Vec<u8>`, so one copy per message | no per-message confirm future: a `ChannelCallback` counts `publish_ack`/`publish_nack` (honouring `multiple`) and the publisher waits on a `Notify` whenever 1000 are outstanding | `basic_consume_rx` receiver, `basic_ack(..).await` every 100 | one tokio task per queue |
+| amiquip | blocking (its own mio I/O thread) | `basic_publish` in a loop | confirms come as raw acks on the crossbeam receiver of `listen_for_publisher_confirms`; drained without blocking after each publish, blocking on it when 1000 are outstanding | the consumer's crossbeam receiver, `ack_multiple` every 100 | one thread per queue, each owning its channel (amiquip channels are not `Sync`) |
+";
+
+const METHOD: &str = "\
+- Every measurement runs in a fresh worker process (the harness re-executes itself with a hidden `--worker` subcommand), so CPU time and peak RSS belong to that client alone. The worker connects and sets up untimed, then says go; timing ends when the work is complete, and the worker's `getrusage(RUSAGE_SELF)` user + system time is taken over the same span (all its threads, runtime included). Peak RSS is the worker's `ru_maxrss` (whole process life, setup included).
+- `publish`, `publish-confirm`: one connection, one channel, N messages of S bytes (no properties) to a fresh, non-durable queue through the default exchange. Timed from go until the queue holds all N: the harness polls with a passive `queue.declare` on its own connection, every 1 ms once the worker says it has handed over its last message (and, with confirms, received every confirm).
+- `consume`: the harness fills a queue with N messages (warren, with confirms) before the worker starts. The worker sets basic.qos prefetch 1000, then go, then `basic.consume` (manual ack); timed until it has received all N and sent its last ack (`multiple = true` every 100 deliveries).
+- `many-queues`: the harness fills Q queues (default 200) with N/Q messages each. The worker opens one channel per queue (each with basic.qos prefetch 1000), then go, then one consumer per channel, acking `multiple` every 100 per channel; timed until every queue is drained. Jain's fairness index is taken over the per-queue delivery counts one second after go (or at the end, if the run is shorter: then it is 1).
+- Order: for each scenario, for each size, for each run, every client once (round-robin, the first client rotating from run to run). Medians are per column (rate, CPU, RSS, broker share and Jain's index each take their own median over the runs).
+- Broker CPU: the `beam.smp` process's user + system time (from /proc, 10 ms ticks) over the timed span, as a percentage of one core. Other load: the machine's busy time (/proc/stat) over the same span, less the worker's and the broker's, as a percentage of one core: anything well above a few percent means something else on this shared machine competed for the two cores during that run.
+- Before each measurement the harness waits (at most 1 s) for the broker to go quiet (under 20% of a core over 100 ms) after the previous clean-up or fill. One untimed warm-up measurement runs first.
+- The broker and the clients share the machine's cores, so wall-clock throughput is partly the broker's; client CPU µs per message is the figure that is the client's own.
+";
+
+/// Writes RESULTS.md and results.csv into `options.out`.
+pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: Duration) -> Res {
+    std::fs::create_dir_all(&options.out)?;
+    // Group: scenario -> size -> client (in CLIENTS order).
+    let mut groups: BTreeMap<(usize, usize, usize), Vec<&Sample>> = BTreeMap::new();
+    for sample in samples {
+        let scenario = Scenario::ALL
+            .iter()
+            .position(|&s| s == sample.scenario)
+            .unwrap_or(0);
+        let client = CLIENTS
+            .iter()
+            .position(|&c| c == sample.client)
+            .unwrap_or(0);
+        groups
+            .entry((scenario, sample.size, client))
+            .or_default()
+            .push(sample);
+    }
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# warren-compare results\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo run --release -p warren-compare{}` on {} ({:.0} s in all). \
+         See [README.md](README.md) for what is measured and how.\n",
+        if options.messages == 200_000 && options.runs == 3 {
+            ""
+        } else {
+            " -- ..."
+        },
+        machine.date,
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(md, "- N = {} messages per measurement; sizes {}; {} run(s) per client, scenario and size; medians shown.",
+        options.messages,
+        options.sizes.iter().map(|s| format!("{s} B")).collect::<Vec<_>>().join(" and "),
+        options.runs);
+    let _ = writeln!(md, "- Machine: {} CPUs (nproc), {}; {}; RabbitMQ {} on the same machine (`rabbitmqctl version`).",
+        machine.cpus, machine.cpu_model, machine.kernel, machine.rabbitmq);
+    let _ = writeln!(
+        md,
+        "- Clients: {}; {}; built with {}, release profile.",
+        machine.warren,
+        PEER_VERSIONS
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        machine.rustc
+    );
+    let _ = writeln!(md, "- Many-queues: {} queues; broker CPU is `beam.smp`'s share of one core over the timed span.\n", options.queues);
+    let other = median(
+        samples
+            .iter()
+            .filter(|s| s.error.is_none())
+            .filter_map(Sample::other_share)
+            .collect(),
+    );
+    if let Some(other) = other.filter(|&o| o > 20.0) {
+        let _ = writeln!(
+            md,
+            "**Noisy run:** other processes on this shared machine used a median {other:.0}% of a core \
+             during the timed spans (column \"other load %\"), competing with the clients and the broker \
+             for the two cores. Throughput is the most affected; CPU µs per message less so, but \
+             still inflated by cache and scheduling interference. Rerun on a quiet machine for \
+             figures to quote.\n"
+        );
+    }
+
+    for (index, scenario) in Scenario::ALL.iter().enumerate() {
+        if !options.scenarios.contains(scenario) {
+            continue;
+        }
+        let _ = writeln!(md, "## {}\n", scenario.name());
+        let many = *scenario == Scenario::ManyQueues;
+        let _ = writeln!(
+            md,
+            "| client | size | msgs/s | CPU µs/msg | peak RSS MiB | broker CPU % | other load %{} |",
+            if many { " | Jain (1st s)" } else { "" }
+        );
+        let _ = writeln!(
+            md,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---:{} |",
+            if many { " | ---:" } else { "" }
+        );
+        for ((s, size, client), group) in &groups {
+            if *s != index {
+                continue;
+            }
+            let name = CLIENTS[*client];
+            match medians(group) {
+                Some(m) => {
+                    let failed = if m.ok < m.runs {
+                        format!(" ({} of {} runs failed)", m.runs - m.ok, m.runs)
+                    } else {
+                        String::new()
+                    };
+                    let _ = write!(
+                        md,
+                        "| {name}{failed} | {} | {:.0} | {:.2} | {:.1} | {} | {} |",
+                        size_label(*size),
+                        m.rate,
+                        m.cpu,
+                        m.rss,
+                        m.broker.map_or("-".into(), |b| format!("{b:.0}")),
+                        m.other.map_or("-".into(), |b| format!("{b:.0}"))
+                    );
+                    if many {
+                        let _ = write!(
+                            md,
+                            " {} |",
+                            m.jain.map_or("-".into(), |j| format!("{j:.3}"))
+                        );
+                    }
+                    let _ = writeln!(md);
+                }
+                None => {
+                    let error = group
+                        .iter()
+                        .find_map(|s| s.error.clone())
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        md,
+                        "| {name} | {} | failed: {} | | | | |{}",
+                        size_label(*size),
+                        error.replace('|', "/"),
+                        if many { " |" } else { "" }
+                    );
+                }
+            }
+        }
+        let _ = writeln!(md);
+    }
+
+    let _ = writeln!(md, "## warren against the best peer\n");
+    let _ = writeln!(md, "Per scenario and size: the best (lowest) client CPU per message and the best throughput among lapin, amqprs and amiquip, and warren's (blocking, async) as a ratio of them. CPU ratio below 1 and rate ratio above 1 favour warren.\n");
+    let _ = writeln!(md, "| scenario | size | best peer CPU µs/msg | warren CPU ratio | warren-async CPU ratio | best peer msgs/s | warren rate ratio | warren-async rate ratio |");
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for (index, scenario) in Scenario::ALL.iter().enumerate() {
+        if !options.scenarios.contains(scenario) {
+            continue;
+        }
+        for &size in &options.sizes {
+            let of = |client: &str| {
+                let c = CLIENTS.iter().position(|&x| x == client)?;
+                medians(groups.get(&(index, size, c))?)
+            };
+            let peers: Vec<(&str, Median)> = ["lapin", "amqprs", "amiquip"]
+                .into_iter()
+                .filter_map(|p| of(p).map(|m| (p, m)))
+                .collect();
+            let Some(best_cpu) = peers.iter().min_by(|a, b| a.1.cpu.total_cmp(&b.1.cpu)) else {
+                continue;
+            };
+            let Some(best_rate) = peers.iter().max_by(|a, b| a.1.rate.total_cmp(&b.1.rate)) else {
+                continue;
+            };
+            let cpu_ratio =
+                |c: &str| of(c).map_or("-".into(), |m| format!("{:.2}", m.cpu / best_cpu.1.cpu));
+            let rate_ratio =
+                |c: &str| of(c).map_or("-".into(), |m| format!("{:.2}", m.rate / best_rate.1.rate));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} ({}) | {} | {} | {:.0} ({}) | {} | {} |",
+                scenario.name(),
+                size_label(size),
+                best_cpu.1.cpu,
+                best_cpu.0,
+                cpu_ratio("warren"),
+                cpu_ratio("warren-async"),
+                best_rate.1.rate,
+                best_rate.0,
+                rate_ratio("warren"),
+                rate_ratio("warren-async"),
+            );
+        }
+    }
+    let _ = writeln!(md);
+
+    let failures: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
+    if !failures.is_empty() {
+        let _ = writeln!(md, "## Failed runs\n");
+        for s in failures {
+            let _ = writeln!(
+                md,
+                "- {}: {}",
+                s.label().split_whitespace().collect::<Vec<_>>().join(" "),
+                s.error.as_deref().unwrap_or_default()
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    let _ = writeln!(md, "## How each client was driven\n\n{DRIVEN}");
+    let _ = writeln!(md, "## Method\n\n{METHOD}");
+    let _ = writeln!(md, "Every run's figures are in [results.csv](results.csv).");
+    std::fs::write(options.out.join("RESULTS.md"), md)?;
+
+    let mut csv = String::from("scenario,client,size_bytes,run,messages,wall_s,msgs_per_s,cpu_us_per_msg,peak_rss_mib,broker_cpu_pct,other_load_pct,jain_first_second,error\n");
+    for s in samples {
+        let ok = s.error.is_none();
+        let _ = writeln!(
+            csv,
+            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            s.scenario.name(),
+            s.client,
+            s.size,
+            s.run + 1,
+            s.messages,
+            if ok {
+                format!("{:.4}", s.wall.as_secs_f64())
+            } else {
+                String::new()
+            },
+            if ok {
+                format!("{:.0}", s.rate())
+            } else {
+                String::new()
+            },
+            if ok {
+                format!("{:.3}", s.cpu_per_message())
+            } else {
+                String::new()
+            },
+            if ok {
+                format!("{:.1}", s.rss_mib())
+            } else {
+                String::new()
+            },
+            s.broker_share()
+                .filter(|_| ok)
+                .map_or(String::new(), |b| format!("{b:.0}")),
+            s.other_share()
+                .filter(|_| ok)
+                .map_or(String::new(), |b| format!("{b:.0}")),
+            s.jain.map_or(String::new(), |j| format!("{j:.4}")),
+            s.error
+                .as_deref()
+                .map_or(String::new(), |e| format!("\"{}\"", e.replace('"', "'"))),
+        );
+    }
+    for ((s, size, client), group) in &groups {
+        if let Some(m) = medians(group) {
+            let _ = writeln!(
+                csv,
+                "{},{},{},median,{},,{:.0},{:.3},{:.1},{},{},{},",
+                Scenario::ALL[*s].name(),
+                CLIENTS[*client],
+                size,
+                group[0].messages,
+                m.rate,
+                m.cpu,
+                m.rss,
+                m.broker.map_or(String::new(), |b| format!("{b:.0}")),
+                m.other.map_or(String::new(), |b| format!("{b:.0}")),
+                m.jain.map_or(String::new(), |j| format!("{j:.4}")),
+            );
+        }
+    }
+    std::fs::write(options.out.join("results.csv"), csv)?;
+    Ok(())
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
