@@ -1850,6 +1850,34 @@ fn acks_nacks_and_rejects_settle_single_and_multiple_deliveries() {
 }
 
 #[test]
+fn coalesced_in_order_acks_settle_every_delivery_and_an_out_of_order_one_stays_exact() {
+    let connection = connect();
+    let channel = connection.open_channel().unwrap();
+    channel.set_ack_coalescing(true);
+    let queue = exclusive_queue(&channel);
+    for i in 0..1000 {
+        publish(&channel, "", &queue, i.to_string());
+    }
+    channel.basic_qos(1000, false).unwrap();
+    let consumer = consume(&channel, &queue);
+    let deliveries: Vec<Delivery> = (0..1000).map(|_| next(&consumer)).collect();
+    // Leave #500 out, ack the rest one by one in order (those after it are
+    // out of order, so they must not be turned into `multiple`).
+    for d in deliveries.iter().filter(|d| text(&d.body) != "500") {
+        channel.basic_ack(d.delivery_tag, false).unwrap();
+    }
+    consumer.cancel().unwrap();
+    channel.close().unwrap();
+    // Only #500 was left unacknowledged: it alone comes back.
+    let observer = connection.open_channel().unwrap();
+    let back =
+        eventually(ARRIVES, || get(&observer, &queue)).expect("the unacked message came back");
+    assert_eq!(text(&back.body), "500");
+    assert!(get(&observer, &queue).is_none());
+    connection.close().unwrap();
+}
+
+#[test]
 fn acking_twice_or_on_another_channel_is_refused_locally_and_nothing_is_sent() {
     let connection = connect();
     let channel = connection.open_channel().unwrap();

@@ -209,6 +209,9 @@ pub(crate) struct ChannelShared {
     pub(crate) flow_paused: AtomicBool,
     /// Deliveries handed to the application and not yet settled.
     pub(crate) unsettled: Mutex<UnsettledTags>,
+    /// Whether in-order single acks go out as `multiple` acks that the
+    /// reactor coalesces (see `Channel::set_ack_coalescing`).
+    pub(crate) coalesce_acks: AtomicBool,
 }
 
 impl ChannelShared {
@@ -218,7 +221,7 @@ impl ChannelShared {
         channel: u16,
         delivery_tag: u64,
         multiple: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         lock(&self.unsettled)
             .settle(delivery_tag, multiple)
             .map_err(|_| Error::UnknownDeliveryTag {

@@ -22,7 +22,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use self::handle::{lock, ChannelShared, Completion, ConnectionEvent, ConsumerQueue, Shared};
 use crate::error::Error;
-use crate::protocol::{BasicReject, FieldTable, Method};
+use crate::protocol::{BasicAck, BasicReject, FieldTable, Method};
 use crate::session::{Command, Delivery, Event, Reply, Session};
 use crate::uri::ConnectionConfig;
 
@@ -194,6 +194,7 @@ impl Reactor {
             }
             if !self.session.is_closed() {
                 self.shared.take_commands(&mut self.commands);
+                coalesce_acks(&mut self.commands);
                 for command in self.commands.drain(..) {
                     self.session.handle_command(command, now);
                 }
@@ -434,6 +435,58 @@ impl Reactor {
     }
 }
 
+/// Drops every `multiple` ack that a later `multiple` ack on the same
+/// channel covers, when nothing else for that channel came between them:
+/// a run of in-order acks leaves as one frame. Order is otherwise kept.
+fn coalesce_acks(commands: &mut Vec<Cmd>) {
+    let is_multiple_ack = |c: &Cmd| {
+        matches!(
+            c,
+            Command::Send {
+                method: Method::BasicAck(BasicAck { multiple: true, .. }),
+                ..
+            }
+        )
+    };
+    if commands
+        .iter()
+        .filter(|c| is_multiple_ack(c))
+        .nth(1)
+        .is_none()
+    {
+        return; // fewer than two: nothing to coalesce
+    }
+    // For each command, scanning backwards: keep a multiple ack unless a
+    // later multiple ack on its channel follows with nothing else between.
+    let mut superseded: Vec<crate::session::ChannelRef> = Vec::new();
+    let mut keep = vec![true; commands.len()];
+    for (i, command) in commands.iter().enumerate().rev() {
+        let channel = match command {
+            Command::Rpc { channel, .. }
+            | Command::Consume { channel, .. }
+            | Command::Publish { channel, .. }
+            | Command::Send { channel, .. }
+            | Command::WaitForConfirms { channel, .. }
+            | Command::CloseChannel { channel, .. } => *channel,
+            _ => continue,
+        };
+        let covered = superseded.contains(&channel);
+        if is_multiple_ack(command) {
+            keep[i] = !covered;
+            if !covered {
+                superseded.push(channel);
+            }
+        } else if covered {
+            superseded.retain(|c| *c != channel);
+        }
+    }
+    let mut index = 0;
+    commands.retain(|_| {
+        index += 1;
+        keep[index - 1]
+    });
+}
+
 /// Completes a command the closed connection will never run.
 fn fail(command: Cmd, error: &Error) {
     match command {
@@ -455,5 +508,90 @@ fn fail(command: Cmd, error: &Error) {
             }
         }
         Command::Send { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::ChannelRef;
+
+    fn channel(id: u16) -> ChannelRef {
+        ChannelRef { id, serial: 1 }
+    }
+
+    fn ack(id: u16, tag: u64, multiple: bool) -> Cmd {
+        Command::Send {
+            channel: channel(id),
+            method: Method::BasicAck(BasicAck {
+                delivery_tag: tag,
+                multiple,
+            }),
+        }
+    }
+
+    fn publish(id: u16) -> Cmd {
+        Command::Publish {
+            channel: channel(id),
+            method: Default::default(),
+            properties: Default::default(),
+            body: Default::default(),
+            confirm: None,
+        }
+    }
+
+    /// (channel, tag, multiple) of the acks, or (channel, 0, false) for a publish.
+    fn shape(commands: &[Cmd]) -> Vec<(u16, u64, bool)> {
+        commands
+            .iter()
+            .map(|c| match c {
+                Command::Send {
+                    channel,
+                    method: Method::BasicAck(a),
+                } => (channel.id, a.delivery_tag, a.multiple),
+                Command::Publish { channel, .. } => (channel.id, 0, false),
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_of_multiple_acks_on_a_channel_leaves_as_its_last() {
+        let mut commands = vec![
+            ack(1, 1, true),
+            ack(2, 1, true),
+            ack(1, 2, true),
+            ack(1, 3, true),
+            ack(2, 2, true),
+        ];
+        coalesce_acks(&mut commands);
+        assert_eq!(shape(&commands), vec![(1, 3, true), (2, 2, true)]);
+    }
+
+    #[test]
+    fn single_acks_and_other_commands_on_the_channel_are_never_crossed() {
+        let mut commands = vec![
+            ack(1, 1, true),
+            ack(1, 5, false),
+            ack(1, 2, true),
+            publish(1),
+            ack(1, 3, true),
+            ack(2, 9, true),
+            publish(2),
+            ack(1, 4, true),
+        ];
+        coalesce_acks(&mut commands);
+        assert_eq!(
+            shape(&commands),
+            vec![
+                (1, 1, true),
+                (1, 5, false),
+                (1, 2, true),
+                (1, 0, false),
+                (2, 9, true),
+                (2, 0, false),
+                (1, 4, true)
+            ]
+        );
     }
 }

@@ -35,11 +35,13 @@ impl UnsettledTags {
     }
 
     /// Settles `tag`, or with `multiple` every tag up to it (`0` with
-    /// `multiple`: all of them), as the broker would.
-    pub(crate) fn settle(&mut self, tag: u64, multiple: bool) -> Result<(), UnknownTag> {
+    /// `multiple`: all of them), as the broker would. `Ok(true)` when no
+    /// unsettled tag was below it: then settling it alone and settling
+    /// everything up to it are the same thing.
+    pub(crate) fn settle(&mut self, tag: u64, multiple: bool) -> Result<bool, UnknownTag> {
         if multiple && tag == 0 {
             self.tags.clear();
-            return Ok(());
+            return Ok(true);
         }
         let index = self
             .tags
@@ -48,6 +50,9 @@ impl UnsettledTags {
         if self.tags[index].1 {
             return Err(UnknownTag);
         }
+        // The front is never settled, so index 0 means nothing unsettled
+        // below; a multiple settle leaves nothing below either way.
+        let lowest = index == 0 || multiple;
         if multiple {
             self.tags.drain(..=index);
         } else {
@@ -56,7 +61,7 @@ impl UnsettledTags {
         while self.tags.front().is_some_and(|&(_, settled)| settled) {
             self.tags.pop_front();
         }
-        Ok(())
+        Ok(lowest)
     }
 
     /// Forgets every tag (basic.recover: the broker redelivers with new ones).
@@ -86,7 +91,11 @@ mod tests {
     #[test]
     fn a_tag_settles_once() {
         let mut set = delivered(1..=3);
-        assert_eq!(set.settle(2, false), Ok(()));
+        assert_eq!(
+            set.settle(2, false),
+            Ok(false),
+            "1 is still unsettled below it"
+        );
         assert_eq!(set.settle(2, false), Err(UnknownTag));
         assert_eq!(set.settle(9, false), Err(UnknownTag), "never delivered");
         assert_eq!(set.len(), 2);
@@ -95,13 +104,14 @@ mod tests {
     #[test]
     fn multiple_settles_everything_up_to_a_tag_that_must_itself_be_unsettled() {
         let mut set = delivered(1..=10);
-        assert_eq!(set.settle(4, true), Ok(()));
+        assert_eq!(set.settle(4, true), Ok(true));
         assert_eq!(set.len(), 6);
         assert_eq!(set.settle(3, true), Err(UnknownTag));
-        assert_eq!(set.settle(7, false), Ok(()));
-        assert_eq!(set.settle(8, true), Ok(()));
+        assert_eq!(set.settle(5, false), Ok(true), "the lowest unsettled");
+        assert_eq!(set.settle(7, false), Ok(false));
+        assert_eq!(set.settle(8, true), Ok(true));
         assert_eq!(set.len(), 2);
-        assert_eq!(set.settle(0, true), Ok(()), "0 with multiple settles all");
+        assert_eq!(set.settle(0, true), Ok(true), "0 with multiple settles all");
         assert_eq!(set.len(), 0);
     }
 
