@@ -80,6 +80,19 @@ pub(crate) fn exchange_delete(
     })
 }
 
+/// The names of an exchange-to-exchange binding, checked.
+fn exchange_binding(
+    destination: &str,
+    source: &str,
+    routing_key: &str,
+) -> Result<(ShortString, ShortString, ShortString), Error> {
+    Ok((
+        short(destination, "destination exchange")?,
+        short(source, "source exchange")?,
+        short(routing_key, "routing key")?,
+    ))
+}
+
 pub(crate) fn exchange_bind(
     destination: &str,
     source: &str,
@@ -87,14 +100,16 @@ pub(crate) fn exchange_bind(
     no_wait: bool,
     arguments: FieldTable,
 ) -> Result<Request<()>, Error> {
+    let (destination, source, routing_key) = exchange_binding(destination, source, routing_key)?;
+    let bind = ExchangeBind {
+        destination,
+        source,
+        routing_key,
+        no_wait,
+        arguments,
+    };
     Ok(Request {
-        method: Method::ExchangeBind(ExchangeBind {
-            destination: short(destination, "destination exchange")?,
-            source: short(source, "source exchange")?,
-            routing_key: short(routing_key, "routing key")?,
-            no_wait,
-            arguments,
-        }),
+        method: Method::ExchangeBind(bind),
         parse: done,
     })
 }
@@ -106,14 +121,16 @@ pub(crate) fn exchange_unbind(
     no_wait: bool,
     arguments: FieldTable,
 ) -> Result<Request<()>, Error> {
+    let (destination, source, routing_key) = exchange_binding(destination, source, routing_key)?;
+    let unbind = ExchangeUnbind {
+        destination,
+        source,
+        routing_key,
+        no_wait,
+        arguments,
+    };
     Ok(Request {
-        method: Method::ExchangeUnbind(ExchangeUnbind {
-            destination: short(destination, "destination exchange")?,
-            source: short(source, "source exchange")?,
-            routing_key: short(routing_key, "routing key")?,
-            no_wait,
-            arguments,
-        }),
+        method: Method::ExchangeUnbind(unbind),
         parse: done,
     })
 }
