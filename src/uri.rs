@@ -59,11 +59,12 @@ const AMQPS_PORT: u16 = 5671;
 const FRAME_MIN_SIZE: u32 = 4096;
 
 /// The query parameters [`ConnectionConfig::from_uri`] understands.
-const QUERY_PARAMETERS: [&str; 6] = [
+const QUERY_PARAMETERS: [&str; 7] = [
     "heartbeat",
     "frame_max",
     "channel_max",
     "connection_timeout",
+    "operation_timeout",
     "auth_mechanism",
     "connection_name",
 ];
@@ -142,6 +143,11 @@ pub struct ConnectionConfig {
     /// How long the TCP connect plus the AMQP handshake may take before the
     /// attempt fails with a timeout. Default 30 s.
     pub connection_timeout: Duration,
+    /// How long a blocking call (an RPC, a publish held by back-pressure, a
+    /// confirm) may wait before it fails with `Error::Timeout`; the operation
+    /// itself is not undone. Default none: wait as long as the connection
+    /// lives (heartbeats detect a dead peer).
+    pub operation_timeout: Option<Duration>,
     /// SASL mechanism to authenticate with. Default [`AuthMechanism::Plain`].
     pub auth_mechanism: AuthMechanism,
     /// Name sent in the client properties as `connection_name`; RabbitMQ
@@ -168,6 +174,7 @@ impl Default for ConnectionConfig {
             frame_max: 131_072,
             channel_max: 2047,
             connection_timeout: Duration::from_secs(30),
+            operation_timeout: None,
             auth_mechanism: AuthMechanism::Plain,
             connection_name: None,
             locale: "en_US".to_owned(),
@@ -189,6 +196,7 @@ impl fmt::Debug for ConnectionConfig {
             frame_max,
             channel_max,
             connection_timeout,
+            operation_timeout,
             auth_mechanism,
             connection_name,
             locale,
@@ -204,6 +212,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("frame_max", frame_max)
             .field("channel_max", channel_max)
             .field("connection_timeout", connection_timeout)
+            .field("operation_timeout", operation_timeout)
             .field("auth_mechanism", auth_mechanism)
             .field("connection_name", connection_name)
             .field("locale", locale)
@@ -230,6 +239,7 @@ impl ConnectionConfig {
     /// | `frame_max` | bytes, 0 (no limit) or 4096 to 4294967295 |
     /// | `channel_max` | 0 to 65535 |
     /// | `connection_timeout` | milliseconds, at least 1 (as RabbitMQ's Erlang client reads it) |
+    /// | `operation_timeout` | milliseconds, at least 1: how long a blocking call may wait |
     /// | `auth_mechanism` | `plain`, `amqplain` or `external`, in any case |
     /// | `connection_name` | any text, percent-decoded |
     ///
@@ -305,6 +315,13 @@ impl ConnectionConfig {
     #[must_use]
     pub fn connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ConnectionConfig::operation_timeout`].
+    #[must_use]
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = Some(timeout);
         self
     }
 
@@ -551,6 +568,12 @@ fn apply_query(config: &mut ConnectionConfig, query: &str) -> Result<(), Error> 
                     .ok_or_else(|| out_of_range(known, "milliseconds, at least 1", &value))?;
                 config.connection_timeout = Duration::from_millis(millis);
             }
+            "operation_timeout" => {
+                let millis: u64 = parse_digits(&value)
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| out_of_range(known, "milliseconds, at least 1", &value))?;
+                config.operation_timeout = Some(Duration::from_millis(millis));
+            }
             "auth_mechanism" => {
                 config.auth_mechanism = AuthMechanism::from_name(&value).ok_or_else(|| {
                     invalid(format_args!(
@@ -715,6 +738,7 @@ mod tests {
             frame_max: 8192,
             channel_max: 64,
             connection_timeout: Duration::from_millis(2500),
+            operation_timeout: None,
             auth_mechanism: AuthMechanism::AmqPlain,
             connection_name: Some("billing worker".into()),
             locale: "en_US".into(),
@@ -843,6 +867,11 @@ mod tests {
             parse("amqp://h?connection_timeout=10000").connection_timeout,
             Duration::from_secs(10)
         );
+        assert_eq!(
+            parse("amqp://h?operation_timeout=2500").operation_timeout,
+            Some(Duration::from_millis(2500))
+        );
+        assert_eq!(parse("amqp://h").operation_timeout, None);
         assert_eq!(
             parse("amqp://h?auth_mechanism=plain").auth_mechanism,
             AuthMechanism::Plain

@@ -1391,3 +1391,36 @@ fn opening_more_channels_than_channel_max_fails_with_channel_max_reached() {
     connection.close().unwrap();
     broker.finish();
 }
+
+// ---- 13. RPCs honour a timeout -------------------------------------------------------------
+
+#[test]
+fn a_blocking_rpc_the_broker_never_answers_fails_after_the_operation_timeout() {
+    let broker = FakeBroker::start(|peer| {
+        peer.handshake(Tune::default())?;
+        peer.serve_channel_open(1)?;
+        // Reads the declare, never answers it.
+        peer.stall_until_released();
+        Ok(())
+    });
+    let connection = open_with(
+        broker
+            .config()
+            .operation_timeout(Duration::from_millis(300)),
+    );
+    let channel = connection.open_channel().unwrap();
+    let started = Instant::now();
+    let declared = channel.queue_declare("q", QueueDeclareOptions::default(), FieldTable::new());
+    let waited = started.elapsed();
+    assert!(
+        matches!(declared, Err(Error::Timeout { .. })),
+        "{declared:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "timed out after {waited:?}"
+    );
+    drop(channel);
+    drop(connection);
+    broker.finish();
+}

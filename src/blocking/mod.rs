@@ -45,6 +45,9 @@ use crate::protocol::{BasicProperties, FieldTable, QueueDeclareOk};
 use crate::session::{Confirmation, Delivery, ReturnedMessage};
 use crate::uri::ConnectionConfig;
 
+/// What a blocking call that outlived `operation_timeout` reports.
+const OPERATION: &str = "blocking call (operation_timeout)";
+
 /// Waits for `future` with no time limit.
 fn wait<T>(future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
     block_on(future, None, "")
@@ -54,6 +57,8 @@ fn wait<T>(future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
 /// of channels. Closed on [`Connection::close`] or when dropped.
 pub struct Connection {
     inner: nonblocking::Connection,
+    /// `ConnectionConfig::operation_timeout`, for every blocking call.
+    timeout: Option<Duration>,
 }
 
 impl Connection {
@@ -64,14 +69,18 @@ impl Connection {
 
     /// Connects with explicit settings.
     pub fn open_with(config: ConnectionConfig) -> Result<Connection, Error> {
+        let timeout = config.operation_timeout;
         let inner = wait(nonblocking::Connection::open_with(config))?;
-        Ok(Connection { inner })
+        Ok(Connection { inner, timeout })
     }
 
     /// Opens a channel on the lowest free channel number.
     pub fn open_channel(&self) -> Result<Channel, Error> {
-        let inner = wait(self.inner.open_channel())?;
-        Ok(Channel { inner })
+        let inner = block_on(self.inner.open_channel(), self.timeout, OPERATION)?;
+        Ok(Channel {
+            inner,
+            timeout: self.timeout,
+        })
     }
 
     /// Closes the connection: sends connection.close, waits for close-ok (at
@@ -99,7 +108,11 @@ impl Connection {
 
     /// Sends connection.update-secret (a fresh token for OAuth 2 users).
     pub fn update_secret(&self, new_secret: &str, reason: &str) -> Result<(), Error> {
-        wait(self.inner.update_secret(new_secret, reason))
+        block_on(
+            self.inner.update_secret(new_secret, reason),
+            self.timeout,
+            OPERATION,
+        )
     }
 
     /// The broker's connection.start properties (product, version, capabilities...).
@@ -137,6 +150,7 @@ impl Drop for Connection {
 /// Closed on [`Channel::close`] or when dropped.
 pub struct Channel {
     inner: nonblocking::Channel,
+    timeout: Option<Duration>,
 }
 
 /// Waits for one publish's confirm (see [`Channel::basic_publish_confirmed`]).
@@ -144,12 +158,14 @@ pub struct Channel {
 pub struct PublishConfirm {
     /// `None` once the confirm has been taken.
     call: Option<nonblocking::Call<Confirmation>>,
+    timeout: Option<Duration>,
 }
 
 impl PublishConfirm {
-    /// Blocks until the broker confirms the message.
+    /// Blocks until the broker confirms the message (at most the
+    /// connection's `operation_timeout`, if it has one).
     pub fn wait(mut self) -> Result<Confirmation, Error> {
-        self.wait_for(None)
+        self.wait_for(self.timeout)
     }
 
     /// Blocks at most `timeout` for the confirm. On `Error::Timeout` the
@@ -181,6 +197,11 @@ impl PublishConfirm {
 }
 
 impl Channel {
+    /// Waits for `future`, at most the connection's `operation_timeout`.
+    fn wait<T>(&self, future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+        block_on(future, self.timeout, OPERATION)
+    }
+
     /// The channel number.
     pub fn id(&self) -> u16 {
         self.inner.id()
@@ -194,7 +215,7 @@ impl Channel {
         options: ExchangeDeclareOptions,
         arguments: FieldTable,
     ) -> Result<(), Error> {
-        wait(
+        self.wait(
             self.inner
                 .exchange_declare(exchange, kind, options, arguments),
         )
@@ -206,7 +227,7 @@ impl Channel {
         exchange: &str,
         options: ExchangeDeleteOptions,
     ) -> Result<(), Error> {
-        wait(self.inner.exchange_delete(exchange, options))
+        self.wait(self.inner.exchange_delete(exchange, options))
     }
 
     /// Routes messages from `source` to `destination` exchange (exchange.bind,
@@ -218,7 +239,7 @@ impl Channel {
         key: &str,
         arguments: FieldTable,
     ) -> Result<(), Error> {
-        wait(
+        self.wait(
             self.inner
                 .exchange_bind(destination, source, key, arguments),
         )
@@ -232,7 +253,7 @@ impl Channel {
         key: &str,
         arguments: FieldTable,
     ) -> Result<(), Error> {
-        wait(
+        self.wait(
             self.inner
                 .exchange_unbind(destination, source, key, arguments),
         )
@@ -246,7 +267,7 @@ impl Channel {
         options: QueueDeclareOptions,
         arguments: FieldTable,
     ) -> Result<QueueDeclareOk, Error> {
-        wait(self.inner.queue_declare(queue, options, arguments))
+        self.wait(self.inner.queue_declare(queue, options, arguments))
     }
 
     /// Binds a queue to an exchange (queue.bind).
@@ -257,7 +278,7 @@ impl Channel {
         key: &str,
         arguments: FieldTable,
     ) -> Result<(), Error> {
-        wait(self.inner.queue_bind(queue, exchange, key, arguments))
+        self.wait(self.inner.queue_bind(queue, exchange, key, arguments))
     }
 
     /// Removes a queue binding (queue.unbind).
@@ -268,23 +289,23 @@ impl Channel {
         key: &str,
         arguments: FieldTable,
     ) -> Result<(), Error> {
-        wait(self.inner.queue_unbind(queue, exchange, key, arguments))
+        self.wait(self.inner.queue_unbind(queue, exchange, key, arguments))
     }
 
     /// Removes every ready message from a queue; returns how many (queue.purge).
     pub fn queue_purge(&self, queue: &str) -> Result<u32, Error> {
-        wait(self.inner.queue_purge(queue))
+        self.wait(self.inner.queue_purge(queue))
     }
 
     /// Deletes a queue; returns how many messages it held (queue.delete).
     pub fn queue_delete(&self, queue: &str, options: QueueDeleteOptions) -> Result<u32, Error> {
-        wait(self.inner.queue_delete(queue, options))
+        self.wait(self.inner.queue_delete(queue, options))
     }
 
     /// Limits unacknowledged deliveries: per consumer, or shared by the
     /// channel when `global` (RabbitMQ's reading of basic.qos).
     pub fn basic_qos(&self, prefetch_count: u16, global: bool) -> Result<(), Error> {
-        wait(self.inner.basic_qos(prefetch_count, global))
+        self.wait(self.inner.basic_qos(prefetch_count, global))
     }
 
     /// Publishes a message (basic.publish). Returns once the message is
@@ -298,7 +319,7 @@ impl Channel {
         properties: BasicProperties,
         body: impl Into<Bytes>,
     ) -> Result<(), Error> {
-        wait(
+        self.wait(
             self.inner
                 .basic_publish(exchange, routing_key, options, properties, body),
         )
@@ -332,14 +353,17 @@ impl Channel {
         properties: BasicProperties,
         body: impl Into<Bytes>,
     ) -> Result<PublishConfirm, Error> {
-        let call = wait(self.inner.basic_publish_confirmed(
+        let call = self.wait(self.inner.basic_publish_confirmed(
             exchange,
             routing_key,
             options,
             properties,
             body,
         ))?;
-        Ok(PublishConfirm { call: Some(call) })
+        Ok(PublishConfirm {
+            call: Some(call),
+            timeout: self.timeout,
+        })
     }
 
     /// Starts a consumer on `queue` (basic.consume); an empty `consumer_tag`
@@ -351,7 +375,7 @@ impl Channel {
         options: ConsumeOptions,
         arguments: FieldTable,
     ) -> Result<Consumer, Error> {
-        let inner = wait(
+        let inner = self.wait(
             self.inner
                 .basic_consume(queue, consumer_tag, options, arguments),
         )?;
@@ -360,13 +384,13 @@ impl Channel {
 
     /// Cancels a consumer by tag (basic.cancel).
     pub fn basic_cancel(&self, consumer_tag: &str) -> Result<(), Error> {
-        wait(self.inner.basic_cancel(consumer_tag))
+        self.wait(self.inner.basic_cancel(consumer_tag))
     }
 
     /// Fetches one message, or `None` when the queue is empty (basic.get).
     /// Returns the message and the count left in the queue.
     pub fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<(Delivery, u32)>, Error> {
-        wait(self.inner.basic_get(queue, no_ack))
+        self.wait(self.inner.basic_get(queue, no_ack))
     }
 
     /// Acknowledges a delivery, or with `multiple` every one up to it.
@@ -399,18 +423,18 @@ impl Channel {
 
     /// Redelivers every unacknowledged message of the channel (basic.recover).
     pub fn basic_recover(&self, requeue: bool) -> Result<(), Error> {
-        wait(self.inner.basic_recover(requeue))
+        self.wait(self.inner.basic_recover(requeue))
     }
 
     /// Puts the channel in confirm mode (confirm.select, a RabbitMQ extension).
     pub fn confirm_select(&self) -> Result<(), Error> {
-        wait(self.inner.confirm_select())
+        self.wait(self.inner.confirm_select())
     }
 
     /// Waits until every message published so far on the channel is
     /// confirmed. `Ok(true)` if all were acked, `Ok(false)` if any was nacked.
     pub fn wait_for_confirms(&self) -> Result<bool, Error> {
-        wait(self.inner.wait_for_confirms())
+        self.wait(self.inner.wait_for_confirms())
     }
 
     /// The next mandatory message the broker returned, if any.
@@ -420,23 +444,23 @@ impl Channel {
 
     /// Puts the channel in transaction mode (tx.select).
     pub fn tx_select(&self) -> Result<(), Error> {
-        wait(self.inner.tx_select())
+        self.wait(self.inner.tx_select())
     }
 
     /// Commits the current transaction (tx.commit).
     pub fn tx_commit(&self) -> Result<(), Error> {
-        wait(self.inner.tx_commit())
+        self.wait(self.inner.tx_commit())
     }
 
     /// Abandons the current transaction (tx.rollback).
     pub fn tx_rollback(&self) -> Result<(), Error> {
-        wait(self.inner.tx_rollback())
+        self.wait(self.inner.tx_rollback())
     }
 
     /// Asks the broker to pause (`false`) or resume deliveries (channel.flow).
     /// RabbitMQ refuses `false` with 540 NOT_IMPLEMENTED; use basic_qos.
     pub fn channel_flow(&self, active: bool) -> Result<bool, Error> {
-        wait(self.inner.channel_flow(active))
+        self.wait(self.inner.channel_flow(active))
     }
 
     /// Whether the broker paused publishing on this channel (channel.flow).
@@ -451,7 +475,7 @@ impl Channel {
 
     /// Closes the channel (channel.close) and waits for close-ok.
     pub fn close(&self) -> Result<(), Error> {
-        wait(self.inner.close())
+        self.wait(self.inner.close())
     }
 }
 
