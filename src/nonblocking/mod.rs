@@ -296,7 +296,7 @@ impl Channel {
         routing_key: &str,
         arguments: FieldTable,
     ) -> Call<()> {
-        let request = requests::exchange_bind(destination, source, routing_key, false, arguments);
+        let request = requests::exchange_bind(destination, source, routing_key, arguments);
         self.call(request)
     }
 
@@ -308,7 +308,7 @@ impl Channel {
         routing_key: &str,
         arguments: FieldTable,
     ) -> Call<()> {
-        let request = requests::exchange_unbind(destination, source, routing_key, false, arguments);
+        let request = requests::exchange_unbind(destination, source, routing_key, arguments);
         self.call(request)
     }
 
@@ -331,7 +331,7 @@ impl Channel {
         routing_key: &str,
         arguments: FieldTable,
     ) -> Call<()> {
-        let request = requests::queue_bind(queue, exchange, routing_key, false, arguments);
+        let request = requests::queue_bind(queue, exchange, routing_key, arguments);
         self.call(request)
     }
 
@@ -349,7 +349,7 @@ impl Channel {
 
     /// Removes every ready message from a queue; answers how many (queue.purge).
     pub fn queue_purge(&self, queue: &str) -> Call<u32> {
-        self.call(requests::queue_purge(queue, false))
+        self.call(requests::queue_purge(queue))
     }
 
     /// Deletes a queue; answers how many messages it held (queue.delete).

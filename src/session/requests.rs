@@ -97,7 +97,6 @@ pub(crate) fn exchange_bind(
     destination: &str,
     source: &str,
     routing_key: &str,
-    no_wait: bool,
     arguments: FieldTable,
 ) -> Result<Request<()>, Error> {
     let (destination, source, routing_key) = exchange_binding(destination, source, routing_key)?;
@@ -105,7 +104,7 @@ pub(crate) fn exchange_bind(
         destination,
         source,
         routing_key,
-        no_wait,
+        no_wait: false,
         arguments,
     };
     Ok(Request {
@@ -118,7 +117,6 @@ pub(crate) fn exchange_unbind(
     destination: &str,
     source: &str,
     routing_key: &str,
-    no_wait: bool,
     arguments: FieldTable,
 ) -> Result<Request<()>, Error> {
     let (destination, source, routing_key) = exchange_binding(destination, source, routing_key)?;
@@ -126,7 +124,7 @@ pub(crate) fn exchange_unbind(
         destination,
         source,
         routing_key,
-        no_wait,
+        no_wait: false,
         arguments,
     };
     Ok(Request {
@@ -171,7 +169,6 @@ pub(crate) fn queue_bind(
     queue: &str,
     exchange: &str,
     routing_key: &str,
-    no_wait: bool,
     arguments: FieldTable,
 ) -> Result<Request<()>, Error> {
     Ok(Request {
@@ -179,7 +176,7 @@ pub(crate) fn queue_bind(
             queue: short(queue, "queue")?,
             exchange: short(exchange, "exchange")?,
             routing_key: short(routing_key, "routing key")?,
-            no_wait,
+            no_wait: false,
             arguments,
         }),
         parse: done,
@@ -203,11 +200,11 @@ pub(crate) fn queue_unbind(
     })
 }
 
-pub(crate) fn queue_purge(queue: &str, no_wait: bool) -> Result<Request<u32>, Error> {
+pub(crate) fn queue_purge(queue: &str) -> Result<Request<u32>, Error> {
     Ok(Request {
         method: Method::QueuePurge(QueuePurge {
             queue: short(queue, "queue")?,
-            no_wait,
+            no_wait: false,
         }),
         parse: message_count,
     })
