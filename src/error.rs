@@ -113,6 +113,15 @@ pub enum Error {
         /// The consumer's tag.
         consumer_tag: String,
     },
+    /// The connection was lost while this operation was outstanding, and
+    /// automatic recovery is reconnecting. Its outcome is unknown: a publish
+    /// awaiting its confirm may or may not have reached its queue, so
+    /// publish it again if it must arrive (consumers should expect
+    /// duplicates). Channels and consumers carry on once recovered.
+    ConnectionLost {
+        /// Why the connection was lost.
+        cause: Box<Error>,
+    },
 }
 
 impl Error {
@@ -185,6 +194,11 @@ impl fmt::Display for Error {
             Error::ConsumerCancelled { consumer_tag } => {
                 write!(f, "consumer {consumer_tag} was cancelled by the broker")
             }
+            Error::ConnectionLost { cause } => write!(
+                f,
+                "connection lost with the operation outstanding (outcome unknown; recovery is \
+                 reconnecting): {cause}"
+            ),
         }
     }
 }
@@ -194,6 +208,7 @@ impl std::error::Error for Error {
         match self {
             Error::Io(e) => Some(&**e),
             Error::Protocol(e) => Some(e),
+            Error::ConnectionLost { cause } => Some(&**cause),
             _ => None,
         }
     }

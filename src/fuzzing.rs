@@ -19,12 +19,19 @@ type FuzzSession = Session<u32, u32>;
 /// writes is bounded by what it is asked, and this harness asks little.
 const MAX_OUTPUT: usize = 64 << 20;
 
-fn handshake(now: Instant) -> FuzzSession {
-    let config = ConnectionConfig {
+fn fuzz_config() -> ConnectionConfig {
+    ConnectionConfig {
         heartbeat: 10,
         ..ConnectionConfig::default()
-    };
-    let mut session = Session::new(config, now);
+    }
+}
+
+fn handshake(now: Instant) -> FuzzSession {
+    complete_handshake(Session::new(fuzz_config(), now), now)
+}
+
+/// Plays the broker's side of a handshake to `session`.
+fn complete_handshake(mut session: FuzzSession, now: Instant) -> FuzzSession {
     let mut script = BytesMut::new();
     for method in [
         Method::ConnectionStart(ConnectionStart {
@@ -167,6 +174,8 @@ enum Op {
     Wait {
         millis: u16,
     },
+    /// The socket ends: with recovery on, a new session resumes.
+    Lose,
 }
 
 /// An arbitrary sequence of user operations and server frames.
@@ -176,7 +185,12 @@ pub fn channel_ops(data: &[u8]) {
 
 fn run_ops(u: &mut Unstructured<'_>) -> ArbitraryResult<()> {
     let mut now = Instant::now();
-    let mut session = handshake(now);
+    let recovery = bool::arbitrary(u)?;
+    let config = ConnectionConfig {
+        recovery: recovery.then(crate::uri::RecoveryConfig::default),
+        ..fuzz_config()
+    };
+    let mut session = complete_handshake(Session::new(config.clone(), now), now);
     let mut opened: Vec<ChannelRef> = Vec::new();
     let mut next_reply = 0u32;
     let mut reply = || {
@@ -190,6 +204,11 @@ fn run_ops(u: &mut Unstructured<'_>) -> ArbitraryResult<()> {
             .unwrap_or(ChannelRef { id: 1, serial: 1 })
     };
     while !u.is_empty() {
+        if let Some(topology) = session.take_recovery() {
+            assert!(recovery, "recovered without recovery on");
+            let resumed = Session::resume(config.clone(), now, topology);
+            session = complete_handshake(resumed, now);
+        }
         let op = Op::arbitrary(u)?;
         let was_closed = session.is_closed();
         let command = match op {
@@ -277,6 +296,10 @@ fn run_ops(u: &mut Unstructured<'_>) -> ArbitraryResult<()> {
                 session.handle_timeout(now);
                 None
             }
+            Op::Lose => {
+                session.handle_eof(None, now);
+                None
+            }
         };
         if let Some(command) = command {
             session.handle_command(command, now);
@@ -290,15 +313,21 @@ fn run_ops(u: &mut Unstructured<'_>) -> ArbitraryResult<()> {
             let n = bytes.len();
             session.transmitted(n);
         }
+        let mut recoveries = 0;
         while let Some(event) = session.poll_event() {
-            if let Event::Done {
-                result: Ok(Reply::ChannelOpened(channel)),
-                ..
-            } = event
-            {
-                opened.push(channel);
+            match event {
+                Event::Done {
+                    result: Ok(Reply::ChannelOpened(channel)),
+                    ..
+                } => opened.push(channel),
+                Event::RecoveryDone(_) => recoveries += 1,
+                _ => {}
             }
         }
+        assert!(
+            recoveries <= 1,
+            "one replay reported done {recoveries} times"
+        );
         if session.is_closed() {
             assert!(session.error().is_some(), "closed without an error");
         }

@@ -59,8 +59,8 @@ pub mod uri;
 pub struct ReadmeDoctests;
 
 pub use error::{DecodeError, DecodeErrorKind, Error, Result};
-pub use session::{Confirmation, Delivery, ReturnedMessage};
-pub use uri::{AuthMechanism, ConnectionConfig};
+pub use session::{Confirmation, Delivery, RecoveryReport, ReturnedMessage};
+pub use uri::{AuthMechanism, ConnectionConfig, RecoveryConfig};
 
 /// The handles are meant to be shared across threads and tasks.
 #[cfg(test)]

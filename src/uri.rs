@@ -59,7 +59,7 @@ const AMQPS_PORT: u16 = 5671;
 const FRAME_MIN_SIZE: u32 = 4096;
 
 /// The query parameters [`ConnectionConfig::from_uri`] understands.
-const QUERY_PARAMETERS: [&str; 7] = [
+const QUERY_PARAMETERS: [&str; 8] = [
     "heartbeat",
     "frame_max",
     "channel_max",
@@ -67,7 +67,43 @@ const QUERY_PARAMETERS: [&str; 7] = [
     "operation_timeout",
     "auth_mechanism",
     "connection_name",
+    "recovery",
 ];
+
+/// How automatic recovery reconnects after the connection is lost (see
+/// [`ConnectionConfig::recovery`]). Attempt `n` (from 0) waits
+/// `initial_delay * 2^n`, at most `max_delay`, before it connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// The wait before the first attempt. Default 100 ms.
+    pub initial_delay: Duration,
+    /// The longest wait between attempts. Default 5 s.
+    pub max_delay: Duration,
+    /// Attempts before giving up (the connection then closes with the last
+    /// error). Default `None`: keep trying until the application closes
+    /// the connection.
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(5),
+            max_attempts: None,
+        }
+    }
+}
+
+impl RecoveryConfig {
+    /// The wait before attempt `attempt` (counted from 0).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX);
+        self.initial_delay
+            .checked_mul(factor)
+            .map_or(self.max_delay, |d| d.min(self.max_delay))
+    }
+}
 
 /// The SASL mechanism the client authenticates with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -156,6 +192,15 @@ pub struct ConnectionConfig {
     pub connection_name: Option<String>,
     /// Locale to ask for in `connection.start-ok`. Default `"en_US"`.
     pub locale: String,
+    /// Automatic recovery: when the connection is lost (not closed by the
+    /// application), reconnect with backoff, reopen every channel with the
+    /// same number, restore its qos and confirm/tx mode, declare the
+    /// exchanges, queues (server-named ones get new names) and bindings the
+    /// application declared, and restart its consumers. Calls in flight fail
+    /// with [`Error::ConnectionLost`]; delivery tags from before are refused
+    /// locally. Only a connection that was open recovers (a failed first
+    /// connect is returned as an error). Default `None`: off.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 impl Default for ConnectionConfig {
@@ -178,6 +223,7 @@ impl Default for ConnectionConfig {
             auth_mechanism: AuthMechanism::Plain,
             connection_name: None,
             locale: "en_US".to_owned(),
+            recovery: None,
         }
     }
 }
@@ -200,6 +246,7 @@ impl fmt::Debug for ConnectionConfig {
             auth_mechanism,
             connection_name,
             locale,
+            recovery,
         } = self;
         f.debug_struct("ConnectionConfig")
             .field("host", host)
@@ -216,6 +263,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("auth_mechanism", auth_mechanism)
             .field("connection_name", connection_name)
             .field("locale", locale)
+            .field("recovery", recovery)
             .finish()
     }
 }
@@ -240,6 +288,7 @@ impl ConnectionConfig {
     /// | `channel_max` | 0 to 65535 |
     /// | `connection_timeout` | milliseconds, at least 1 (as RabbitMQ's Erlang client reads it) |
     /// | `operation_timeout` | milliseconds, at least 1: how long a blocking call may wait |
+    /// | `recovery` | `true` (automatic recovery with the default backoff) or `false` |
     /// | `auth_mechanism` | `plain`, `amqplain` or `external`, in any case |
     /// | `connection_name` | any text, percent-decoded |
     ///
@@ -322,6 +371,14 @@ impl ConnectionConfig {
     #[must_use]
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
         self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// Turns on automatic recovery with `recovery`'s backoff (see
+    /// [`ConnectionConfig::recovery`]).
+    #[must_use]
+    pub fn recovery(mut self, recovery: RecoveryConfig) -> Self {
+        self.recovery = Some(recovery);
         self
     }
 
@@ -574,6 +631,13 @@ fn apply_query(config: &mut ConnectionConfig, query: &str) -> Result<(), Error> 
                     .ok_or_else(|| out_of_range(known, "milliseconds, at least 1", &value))?;
                 config.operation_timeout = Some(Duration::from_millis(millis));
             }
+            "recovery" => {
+                config.recovery = match value.as_ref() {
+                    "true" => Some(RecoveryConfig::default()),
+                    "false" => None,
+                    _ => return Err(out_of_range(known, "true or false", &value)),
+                };
+            }
             "auth_mechanism" => {
                 config.auth_mechanism = AuthMechanism::from_name(&value).ok_or_else(|| {
                     invalid(format_args!(
@@ -742,6 +806,7 @@ mod tests {
             auth_mechanism: AuthMechanism::AmqPlain,
             connection_name: Some("billing worker".into()),
             locale: "en_US".into(),
+            recovery: None,
         };
         assert_eq!(config, expected);
     }
@@ -872,6 +937,29 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         assert_eq!(parse("amqp://h").operation_timeout, None);
+    }
+
+    #[test]
+    fn recovery_is_off_unless_asked_for() {
+        assert_eq!(parse("amqp://h").recovery, None);
+        assert_eq!(parse("amqp://h?recovery=false").recovery, None);
+        assert_eq!(
+            parse("amqp://h?recovery=true").recovery,
+            Some(RecoveryConfig::default())
+        );
+        assert!(ConnectionConfig::from_uri("amqp://h?recovery=yes").is_err());
+    }
+
+    #[test]
+    fn recovery_backoff_doubles_up_to_its_cap() {
+        let config = RecoveryConfig {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            max_attempts: None,
+        };
+        let delays: Vec<u128> = (0..6).map(|n| config.delay(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(config.delay(u32::MAX), Duration::from_secs(1));
         assert_eq!(
             parse("amqp://h?auth_mechanism=plain").auth_mechanism,
             AuthMechanism::Plain

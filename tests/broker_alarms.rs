@@ -126,7 +126,7 @@ fn a_memory_alarm_holds_publishers_until_it_clears() {
     let channel = Arc::new(connection.open_channel().unwrap());
     let queue = exclusive_queue(&channel);
     assert!(!connection.is_blocked());
-    assert_eq!(connection.try_next_event(), None);
+    assert!(connection.try_next_event().is_none());
 
     let mut alarm = MemoryAlarm::raise();
     publish_until_blocked(&connection, &channel, &queue);
@@ -159,7 +159,7 @@ fn a_memory_alarm_holds_publishers_until_it_clears() {
         other => panic!("expected Unblocked, got {other:?}"),
     }
     assert!(!connection.is_blocked());
-    assert_eq!(connection.try_next_event(), None);
+    assert!(connection.try_next_event().is_none());
 
     // Both publishes arrived.
     let count = eventually(NOTICE, || {

@@ -91,9 +91,17 @@ impl Connection {
         result
     }
 
-    /// The next connection.blocked / unblocked notice, if one came.
+    /// The next connection event (blocked / unblocked, recovery), if one came.
     pub fn try_next_event(&self) -> Option<ConnectionEvent> {
         self.inner.try_next_event()
+    }
+
+    /// Waits up to `timeout` for the next connection event; `Ok(None)` once
+    /// the connection is closed and every event was taken, and
+    /// [`Error::Timeout`] if none came in time.
+    pub fn next_event_timeout(&self, timeout: Duration) -> Result<Option<ConnectionEvent>, Error> {
+        let next = async { Ok(self.inner.next_event().await) };
+        wait::block_on(next, Some(timeout), "waiting for a connection event")
     }
 
     /// Whether the broker has blocked publishing (a resource alarm).

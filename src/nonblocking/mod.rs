@@ -136,9 +136,15 @@ impl Connection {
         }
     }
 
-    /// The next connection.blocked / unblocked notice, if one came.
+    /// The next connection event (blocked / unblocked, recovery), if one came.
     pub fn try_next_event(&self) -> Option<ConnectionEvent> {
-        lock(&self.shared.events).pop_front()
+        self.shared.try_next_event()
+    }
+
+    /// Waits for the next connection event; `None` once the connection is
+    /// closed and every event was taken.
+    pub async fn next_event(&self) -> Option<ConnectionEvent> {
+        std::future::poll_fn(|cx| self.shared.poll_event(cx)).await
     }
 
     /// Whether the broker has blocked publishing (a resource alarm).

@@ -239,8 +239,10 @@ impl ChannelShared {
     }
 }
 
-/// Connection-wide notices: connection.blocked / unblocked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Connection-wide notices: connection.blocked / unblocked, and automatic
+/// recovery's progress.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ConnectionEvent {
     /// The broker stopped reading from publishing connections (a resource
     /// alarm); publishes wait until it unblocks.
@@ -250,6 +252,28 @@ pub enum ConnectionEvent {
     },
     /// The broker reads publishes again.
     Unblocked,
+    /// The connection was lost and automatic recovery started: calls in
+    /// flight failed with [`Error::ConnectionLost`], new ones wait (publishes
+    /// up to the write buffer's high-water mark) until it is recovered.
+    RecoveryStarted {
+        /// Why the connection was lost.
+        cause: Error,
+    },
+    /// The connection is back: channels, their modes, the topology and the
+    /// consumers were restored (see the report for what was not).
+    Recovered(crate::session::RecoveryReport),
+    /// Recovery gave up (its attempts ran out): the connection is closed.
+    RecoveryFailed {
+        /// The last attempt's error.
+        error: Error,
+    },
+}
+
+/// Connection events not yet taken, and the task waiting for one.
+#[derive(Default)]
+struct EventQueue {
+    queue: VecDeque<ConnectionEvent>,
+    waker: Option<Waker>,
 }
 
 /// The state shared by a connection's handles and its reactor thread.
@@ -267,7 +291,7 @@ pub(crate) struct Shared {
     /// Set once the connection is closed, with why.
     pub(crate) closed: Mutex<Option<Error>>,
     pub(crate) channels: Mutex<HashMap<u16, Arc<ChannelShared>>>,
-    pub(crate) events: Mutex<VecDeque<ConnectionEvent>>,
+    events: Mutex<EventQueue>,
     /// What the handshake negotiated, for the opener.
     pub(crate) info: Mutex<Option<super::HandshakeInfo>>,
 }
@@ -283,7 +307,7 @@ impl Shared {
             room: Mutex::new(Vec::new()),
             closed: Mutex::new(None),
             channels: Mutex::new(HashMap::new()),
-            events: Mutex::new(VecDeque::new()),
+            events: Mutex::new(EventQueue::default()),
             info: Mutex::new(None),
         }
     }
@@ -309,6 +333,61 @@ impl Shared {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())
+    }
+
+    /// Adds a connection event and wakes whoever waits for one.
+    pub(crate) fn push_event(&self, event: ConnectionEvent) {
+        let mut events = lock(&self.events);
+        events.queue.push_back(event);
+        let waker = events.waker.take();
+        drop(events);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The next connection event, if one came.
+    pub(crate) fn try_next_event(&self) -> Option<ConnectionEvent> {
+        lock(&self.events).queue.pop_front()
+    }
+
+    /// Ready with the next connection event, or `None` once the connection
+    /// is closed and every event was taken.
+    pub(crate) fn poll_event(&self, cx: &mut Context<'_>) -> Poll<Option<ConnectionEvent>> {
+        let mut events = lock(&self.events);
+        if let Some(event) = events.queue.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if self.check().is_err() {
+            return Poll::Ready(None);
+        }
+        events.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Wakes a task waiting for an event (when the connection closes).
+    pub(crate) fn wake_event_waiter(&self) {
+        if let Some(w) = lock(&self.events).waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Takes a queued connection.close request, leaving the other commands
+    /// queued (reactor side, while recovering).
+    pub(crate) fn take_close_request(&self) -> Option<Arc<Completion>> {
+        let mut commands = lock(&self.commands);
+        let index = commands
+            .iter()
+            .position(|c| matches!(c, Command::Close { .. }))?;
+        match commands.remove(index) {
+            Command::Close { reply, .. } => Some(reply),
+            _ => unreachable!("found a close above"),
+        }
+    }
+
+    /// Makes the reactor's next wait return at once (reactor side).
+    pub(crate) fn wake_reactor(&self) {
+        let _ = self.waker.wake();
     }
 
     /// Takes every queued command (reactor side).

@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 use self::handle::{lock, ChannelShared, Completion, ConnectionEvent, ConsumerQueue, Shared};
 use crate::error::Error;
 use crate::protocol::{BasicAck, BasicReject, FieldTable, Method};
+use crate::session::recovery::Topology;
 use crate::session::{Command, Delivery, Event, Reply, Session};
 use crate::uri::ConnectionConfig;
 
@@ -66,19 +67,15 @@ pub(crate) fn start(config: ConnectionConfig) -> Result<Starting, Error> {
     let thread = std::thread::Builder::new()
         .name("warren-reactor".into())
         .spawn(move || {
-            let opened =
-                connect(&config.host, config.port, config.connection_timeout).and_then(|stream| {
-                    stream.set_nodelay(true)?;
-                    stream.set_nonblocking(true)?;
-                    let stream = TcpStream::from_std(stream);
-                    Ok(Reactor::new(
-                        config,
-                        poll,
-                        stream,
-                        thread_shared.clone(),
-                        thread_handshake.clone(),
-                    )?)
-                });
+            let opened = open_socket(&config).and_then(|stream| {
+                Ok(Reactor::new(
+                    config,
+                    poll,
+                    stream,
+                    thread_shared.clone(),
+                    thread_handshake.clone(),
+                )?)
+            });
             match opened {
                 Ok(reactor) => reactor.run(),
                 Err(e) => {
@@ -92,6 +89,14 @@ pub(crate) fn start(config: ConnectionConfig) -> Result<Starting, Error> {
         thread,
         handshake,
     })
+}
+
+/// Connects the TCP socket and readies it for the event loop.
+fn open_socket(config: &ConnectionConfig) -> Result<TcpStream, Error> {
+    let stream = connect(&config.host, config.port, config.connection_timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    Ok(TcpStream::from_std(stream))
 }
 
 fn connect(host: &str, port: u16, timeout: Duration) -> Result<StdTcpStream, Error> {
@@ -117,7 +122,10 @@ pub(crate) struct HandshakeInfo {
     pub(crate) heartbeat: u16,
 }
 
+type Recorded = Topology<Arc<ConsumerQueue>>;
+
 struct Reactor {
+    config: ConnectionConfig,
     poll: Poll,
     socket: TcpStream,
     session: Session<Arc<Completion>, Arc<ConsumerQueue>>,
@@ -130,6 +138,13 @@ struct Reactor {
     /// Deliveries of this turn, handed over per consumer at its end.
     deliveries: Vec<(Arc<ConsumerQueue>, Delivery)>,
     writable_interest: bool,
+    /// From a loss until the replay is done: application commands wait.
+    recovering: bool,
+    /// Reconnection attempts made in the current recovery.
+    recovery_attempt: u32,
+    /// Why the connection ended, when no session can say (recovery gave up
+    /// between sessions, or the application closed it then).
+    final_error: Option<Error>,
 }
 
 impl Reactor {
@@ -143,9 +158,10 @@ impl Reactor {
         poll.registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
         Ok(Reactor {
+            session: Session::new(config.clone(), Instant::now()),
+            config,
             poll,
             socket,
-            session: Session::new(config, Instant::now()),
             shared,
             connected: Some(connected),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
@@ -153,10 +169,31 @@ impl Reactor {
             commands: Vec::new(),
             deliveries: Vec::new(),
             writable_interest: false,
+            recovering: false,
+            recovery_attempt: 0,
+            final_error: None,
         })
     }
 
+    /// Drives sessions until the connection is over: the first, and with
+    /// recovery on, each one that replaces a lost one.
     fn run(mut self) {
+        loop {
+            self.drive();
+            self.dispatch();
+            let Some(topology) = self.session.take_recovery() else {
+                break;
+            };
+            if !self.reconnect(topology) {
+                break;
+            }
+        }
+        self.dispatch();
+        self.shutdown();
+    }
+
+    /// Runs the event loop until the session is closed (and flushed).
+    fn drive(&mut self) {
         let mut events = Events::with_capacity(16);
         // When the session closed with output still unwritten: the socket gets
         // a little while to take it, not forever (a stalled peer).
@@ -192,7 +229,14 @@ impl Reactor {
             if readable {
                 self.read(now, hung_up);
             }
-            if !self.session.is_closed() {
+            if self.session.is_closed() {
+                // Nothing more to do but flush.
+            } else if self.recovering {
+                // Commands wait for the replay, except a close.
+                if let Some(reply) = self.shared.take_close_request() {
+                    self.close_while_recovering(reply, now);
+                }
+            } else {
                 self.shared.take_commands(&mut self.commands);
                 coalesce_acks(&mut self.commands);
                 for command in self.commands.drain(..) {
@@ -203,8 +247,109 @@ impl Reactor {
                 self.session.handle_timeout(now);
             }
         }
-        self.dispatch();
-        self.shutdown();
+    }
+
+    /// The application closed the connection during a recovery: an orderly
+    /// close if the new connection is open, else it is dropped.
+    fn close_while_recovering(&mut self, reply: Arc<Completion>, now: Instant) {
+        if self.session.is_open() {
+            let close = Command::Close {
+                code: 200,
+                text: crate::protocol::ShortString::from_static("goodbye"),
+                reply,
+            };
+            self.session.handle_command(close, now);
+        } else {
+            self.session.abort();
+            reply.complete(Ok(Reply::Sent));
+        }
+    }
+
+    /// After a loss with recovery on: waits (backing off), reconnects and
+    /// starts a session that replays `topology`. `false` when recovery gave
+    /// up or the application closed the connection meanwhile.
+    fn reconnect(&mut self, topology: Recorded) -> bool {
+        let mut cause = self.session.error().cloned().unwrap_or(Error::Closed);
+        if !self.recovering {
+            self.recovering = true;
+            self.recovery_attempt = 0;
+            // Tags delivered before the loss are void: acks of them are refused.
+            for channel in lock(&self.shared.channels).values() {
+                lock(&channel.unsettled).clear();
+            }
+            self.shared.blocked.store(false, Ordering::Release);
+            self.shared.push_event(ConnectionEvent::RecoveryStarted {
+                cause: cause.clone(),
+            });
+        }
+        let policy = self.config.recovery.unwrap_or_default();
+        let _ = self.poll.registry().deregister(&mut self.socket);
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        loop {
+            if policy
+                .max_attempts
+                .is_some_and(|max| self.recovery_attempt >= max)
+            {
+                self.give_up(topology, cause.clone());
+                self.shared
+                    .push_event(ConnectionEvent::RecoveryFailed { error: cause });
+                return false;
+            }
+            let delay = policy.delay(self.recovery_attempt);
+            self.recovery_attempt += 1;
+            if let Some(reply) = self.sleep_unless_closed(delay) {
+                self.give_up(topology, Error::Closed);
+                reply.complete(Ok(Reply::Sent));
+                return false;
+            }
+            match open_socket(&self.config) {
+                Ok(socket) => {
+                    if self.use_socket(socket).is_err() {
+                        continue;
+                    }
+                    self.session = Session::resume(self.config.clone(), Instant::now(), topology);
+                    return true;
+                }
+                Err(e) => cause = e,
+            }
+        }
+    }
+
+    /// Ends the connection for good between sessions: consumers recovery
+    /// held learn why.
+    fn give_up(&mut self, topology: Recorded, error: Error) {
+        for consumer in topology.into_consumers() {
+            consumer.end(Err(error.clone()));
+        }
+        self.final_error = Some(error);
+    }
+
+    /// Waits `delay`; returns a close request if the application made one.
+    fn sleep_unless_closed(&mut self, delay: Duration) -> Option<Arc<Completion>> {
+        let deadline = Instant::now() + delay;
+        let mut events = Events::with_capacity(4);
+        loop {
+            if let Some(reply) = self.shared.take_close_request() {
+                return Some(reply);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let _ = self.poll.poll(&mut events, Some(deadline - now));
+        }
+    }
+
+    /// Makes `socket` the connection's socket, with a fresh read buffer.
+    fn use_socket(&mut self, mut socket: TcpStream) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut socket, SOCKET, Interest::READABLE)?;
+        self.socket = socket;
+        self.read_buf.clear();
+        self.read_window = MIN_READ_WINDOW;
+        self.writable_interest = false;
+        Ok(())
     }
 
     /// Reads until the socket would block, then lets the session take
@@ -356,13 +501,13 @@ impl Reactor {
                 }
                 Event::Blocked(reason) => {
                     self.shared.blocked.store(true, Ordering::Release);
-                    lock(&self.shared.events).push_back(ConnectionEvent::Blocked {
+                    self.shared.push_event(ConnectionEvent::Blocked {
                         reason: reason.unwrap_or_default(),
                     });
                 }
                 Event::Unblocked => {
                     self.shared.blocked.store(false, Ordering::Release);
-                    lock(&self.shared.events).push_back(ConnectionEvent::Unblocked);
+                    self.shared.push_event(ConnectionEvent::Unblocked);
                     self.shared.release_room(self.session.pending_output());
                 }
                 Event::Flow { channel, active } => {
@@ -376,6 +521,16 @@ impl Reactor {
                         c.complete(Err(error.clone()));
                     }
                     *lock(&self.shared.closed) = Some(error);
+                    self.shared.wake_event_waiter();
+                }
+                // The reactor reconnects once the session is flushed.
+                Event::Lost => {}
+                Event::RecoveryDone(report) => {
+                    self.recovering = false;
+                    self.recovery_attempt = 0;
+                    // Commands that waited for the replay go next turn.
+                    self.shared.wake_reactor();
+                    self.shared.push_event(ConnectionEvent::Recovered(report));
                 }
             }
         }
@@ -421,8 +576,13 @@ impl Reactor {
     /// After the session closed: every handle learns why, and commands that
     /// raced with the close fail with the same error.
     fn shutdown(mut self) {
-        let error = self.session.error().cloned().unwrap_or(Error::Closed);
+        let error = self
+            .final_error
+            .take()
+            .or_else(|| self.session.error().cloned())
+            .unwrap_or(Error::Closed);
         *lock(&self.shared.closed) = Some(error.clone());
+        self.shared.wake_event_waiter();
         for (_, ch) in lock(&self.shared.channels).drain() {
             lock(&ch.closed).get_or_insert_with(|| error.clone());
         }

@@ -12,6 +12,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use bytes::{Bytes, BytesMut};
 
 use super::content::{Assembled, Assembly, ContentMethod, ReturnedMessage};
+use super::recovery::Topology;
 use super::{Confirmation, Event, Reply};
 use crate::error::Error;
 use crate::protocol::{
@@ -19,11 +20,16 @@ use crate::protocol::{
     Frame, Method, ReplyCode, ShortString,
 };
 
-/// Where a channel writes: the connection's outgoing bytes and event queue.
+/// Where a channel writes: the connection's outgoing bytes and event queue,
+/// and (with recovery on) the topology record.
 pub(super) struct Output<R, C> {
     pub(super) bytes: BytesMut,
     pub(super) events: VecDeque<Event<R, C>>,
     pub(super) frame_max: u32,
+    /// What recovery would rebuild; `None` when recovery is off.
+    pub(super) topology: Option<Topology<C>>,
+    /// Answers to the replay's own RPCs: (channel, result).
+    pub(super) replayed: VecDeque<(u16, Result<Reply, Error>)>,
 }
 
 impl<R, C> Output<R, C> {
@@ -34,6 +40,22 @@ impl<R, C> Output<R, C> {
     pub(super) fn done(&mut self, reply: R, result: Result<Reply, Error>) {
         self.events.push_back(Event::Done { reply, result });
     }
+
+    /// Completes an RPC: the application's call, or a replay step.
+    fn answer(&mut self, channel: u16, waiter: Waiter<R>, result: Result<Reply, Error>) {
+        match waiter {
+            Waiter::App(reply) => self.done(reply, result),
+            Waiter::Replay => self.replayed.push_back((channel, result)),
+        }
+    }
+}
+
+/// Who waits for an RPC's answer.
+pub(super) enum Waiter<R> {
+    /// The application, through its reply handle.
+    App(R),
+    /// The recovery replay (see [`super::recovery`]).
+    Replay,
 }
 
 /// A rule broken by the peer that closes the connection with `code`.
@@ -65,7 +87,7 @@ pub(super) enum State {
 enum Queued<R, C> {
     Rpc {
         method: Method,
-        reply: R,
+        reply: Waiter<R>,
         consumer: Option<C>,
     },
     Publish {
@@ -80,7 +102,7 @@ enum Queued<R, C> {
 /// An RPC on the wire, waiting for its answer.
 struct InFlight<R, C> {
     method: Method,
-    reply: R,
+    reply: Waiter<R>,
     consumer: Option<C>,
 }
 
@@ -134,13 +156,27 @@ pub(super) struct Channel<R, C> {
     /// basic.get waiting for its content.
     get_reply: Option<R>,
     confirms: Option<Confirms<R>>,
-    /// close requested by the application: its reply.
-    close_reply: Option<R>,
+    /// close requested by the application (or the replay): its reply.
+    close_reply: Option<Waiter<R>>,
+    /// Added to the broker's delivery tags (and taken off acks): the last
+    /// tag handed out before a recovery, so tags never repeat on a channel
+    /// and acks of tags from before it are recognised and dropped.
+    tag_offset: u64,
+    /// The highest delivery tag handed out (offset included).
+    pub(super) last_delivery_tag: u64,
 }
 
 impl<R, C: Clone> Channel<R, C> {
     /// A channel whose channel.open is being sent with `reply` waiting.
-    pub(super) fn opening(id: u16, serial: u64, reply: R, out: &mut Output<R, C>) -> Self {
+    /// `tag_offset` is the last delivery tag of the channel this one
+    /// replaces in a recovery (0 otherwise).
+    pub(super) fn opening(
+        id: u16,
+        serial: u64,
+        reply: Waiter<R>,
+        tag_offset: u64,
+        out: &mut Output<R, C>,
+    ) -> Self {
         let method = Method::ChannelOpen(Default::default());
         out.frame(id, method.clone());
         Channel {
@@ -158,6 +194,8 @@ impl<R, C: Clone> Channel<R, C> {
             get_reply: None,
             confirms: None,
             close_reply: None,
+            tag_offset,
+            last_delivery_tag: tag_offset,
         }
     }
 
@@ -172,12 +210,17 @@ impl<R, C: Clone> Channel<R, C> {
     pub(super) fn rpc(
         &mut self,
         method: Method,
-        reply: R,
+        reply: Waiter<R>,
         consumer: Option<C>,
         out: &mut Output<R, C>,
     ) {
         if let Err(e) = self.usable() {
-            return out.done(reply, Err(e));
+            return out.answer(self.id, reply, Err(e));
+        }
+        if let Some(topology) = &mut out.topology {
+            // What the application removes is never replayed, even if the
+            // connection is lost before the removal is sent or answered.
+            topology.requested(self.id, &method);
         }
         self.queue.push_back(Queued::Rpc {
             method,
@@ -215,15 +258,37 @@ impl<R, C: Clone> Channel<R, C> {
     }
 
     /// Sends an asynchronous method (ack, nack, reject...), in call order.
-    pub(super) fn send(&mut self, method: Method, out: &mut Output<R, C>) {
+    pub(super) fn send(&mut self, mut method: Method, out: &mut Output<R, C>) {
         if self.usable().is_err() {
             return;
+        }
+        if self.tag_offset > 0 && !self.to_broker_tag(&mut method) {
+            return; // a tag from before recovery: the broker requeued it already
         }
         if self.queue.is_empty() {
             out.frame(self.id, method);
         } else {
             self.queue.push_back(Queued::Send(method));
         }
+    }
+
+    /// Turns an ack's tag into the broker's numbering; `false` when it is
+    /// from before the last recovery (so it must not be sent).
+    fn to_broker_tag(&self, method: &mut Method) -> bool {
+        let (tag, multiple) = match method {
+            Method::BasicAck(m) => (&mut m.delivery_tag, m.multiple),
+            Method::BasicNack(m) => (&mut m.delivery_tag, m.multiple),
+            Method::BasicReject(m) => (&mut m.delivery_tag, false),
+            _ => return true,
+        };
+        if multiple && *tag == 0 {
+            return true; // everything outstanding
+        }
+        if *tag <= self.tag_offset {
+            return false;
+        }
+        *tag -= self.tag_offset;
+        true
     }
 
     fn send_publish(
@@ -273,6 +338,9 @@ impl<R, C: Clone> Channel<R, C> {
                     consumer,
                 } => {
                     out.frame(self.id, method.clone());
+                    if let (Some(topology), true) = (&mut out.topology, no_wait(&method)) {
+                        topology.succeeded(self.id, &method, None, consumer.as_ref());
+                    }
                     if no_wait(&method) {
                         if let (Method::BasicConsume(consume), Some(consumer)) = (&method, consumer)
                         {
@@ -290,7 +358,7 @@ impl<R, C: Clone> Channel<R, C> {
                                 });
                             }
                         }
-                        out.done(reply, Ok(Reply::Sent));
+                        out.answer(self.id, reply, Ok(Reply::Sent));
                     } else {
                         self.in_flight = Some(InFlight {
                             method,
@@ -311,9 +379,18 @@ impl<R, C: Clone> Channel<R, C> {
     }
 
     /// Starts the close handshake at the application's request.
-    pub(super) fn close(&mut self, code: u16, text: ShortString, reply: R, out: &mut Output<R, C>) {
+    pub(super) fn close(
+        &mut self,
+        code: u16,
+        text: ShortString,
+        reply: Waiter<R>,
+        out: &mut Output<R, C>,
+    ) {
         if self.state == State::Closing {
-            return out.done(reply, Err(Error::Closed));
+            return out.answer(self.id, reply, Err(Error::Closed));
+        }
+        if let Some(topology) = &mut out.topology {
+            topology.channel_closed(self.id);
         }
         out.frame(
             self.id,
@@ -448,7 +525,7 @@ impl<R, C: Clone> Channel<R, C> {
             return match method {
                 Method::ChannelCloseOk(_) => {
                     if let Some(reply) = self.close_reply.take() {
-                        out.done(reply, Ok(Reply::Sent));
+                        out.answer(self.id, reply, Ok(Reply::Sent));
                     }
                     Ok(true)
                 }
@@ -458,7 +535,7 @@ impl<R, C: Clone> Channel<R, C> {
                     // and keep the number until its close-ok for ours comes.
                     let error = self.closed_by_broker(&m, out);
                     if let Some(reply) = self.close_reply.take() {
-                        out.done(reply, Err(error));
+                        out.answer(self.id, reply, Err(error));
                     }
                     Ok(false)
                 }
@@ -466,7 +543,9 @@ impl<R, C: Clone> Channel<R, C> {
             };
         }
         match method {
-            Method::BasicDeliver(m) => {
+            Method::BasicDeliver(mut m) => {
+                m.delivery_tag += self.tag_offset;
+                self.last_delivery_tag = m.delivery_tag;
                 self.content = Some(Assembly::new(ContentMethod::Deliver(m)));
                 Ok(false)
             }
@@ -477,6 +556,9 @@ impl<R, C: Clone> Channel<R, C> {
             Method::BasicAck(m) => self.confirmed(m.delivery_tag, m.multiple, false, out),
             Method::BasicNack(m) => self.confirmed(m.delivery_tag, m.multiple, true, out),
             Method::BasicCancel(m) => {
+                if let Some(topology) = &mut out.topology {
+                    topology.consumer_gone(self.id, &m.consumer_tag);
+                }
                 if let Some(consumer) = self.consumers.remove(&m.consumer_tag) {
                     out.events.push_back(Event::ConsumerEnded {
                         consumer,
@@ -524,6 +606,9 @@ impl<R, C: Clone> Channel<R, C> {
         out: &mut Output<R, C>,
     ) -> Error {
         out.frame(self.id, Method::ChannelCloseOk(ChannelCloseOk));
+        if let Some(topology) = &mut out.topology {
+            topology.channel_closed(self.id);
+        }
         let error = Error::ChannelClosed {
             code: close.reply_code,
             text: close.reply_text.to_string(),
@@ -554,37 +639,49 @@ impl<R, C: Clone> Channel<R, C> {
             reply: handle,
             consumer,
         } = self.in_flight.take().expect("checked above");
+        if let Some(topology) = &mut out.topology {
+            match &reply {
+                Method::ChannelOpenOk(_) if self.serial != 0 => {
+                    topology.channel_opened(self.id, self.serial, self.tag_offset)
+                }
+                _ => topology.succeeded(self.id, &method, Some(&reply), consumer.as_ref()),
+            }
+        }
+        let id = self.id;
         match reply {
             Method::ChannelOpenOk(_) => {
                 self.state = State::Open;
-                out.done(
-                    handle,
-                    Ok(Reply::ChannelOpened(super::ChannelRef {
-                        id: self.id,
-                        serial: self.serial,
-                    })),
-                );
+                let opened = super::ChannelRef {
+                    id,
+                    serial: self.serial,
+                };
+                out.answer(id, handle, Ok(Reply::ChannelOpened(opened)));
             }
-            Method::BasicGetOk(m) => {
+            Method::BasicGetOk(mut m) => {
+                m.delivery_tag += self.tag_offset;
+                self.last_delivery_tag = self.last_delivery_tag.max(m.delivery_tag);
                 // The RPC completes when the content is in.
                 self.content = Some(Assembly::new(ContentMethod::GetOk(m)));
-                self.get_reply = Some(handle);
+                self.get_reply = match handle {
+                    Waiter::App(reply) => Some(reply),
+                    Waiter::Replay => None,
+                };
                 return Ok(false);
             }
-            Method::BasicGetEmpty(_) => out.done(handle, Ok(Reply::Get(None))),
+            Method::BasicGetEmpty(_) => out.answer(id, handle, Ok(Reply::Get(None))),
             Method::BasicRecoverOk(_) => {
-                out.events.push_back(Event::Recovered { channel: self.id });
-                out.done(handle, Ok(Reply::Method(reply)));
+                out.events.push_back(Event::Recovered { channel: id });
+                out.answer(id, handle, Ok(Reply::Method(reply)));
             }
             Method::ConfirmSelectOk(_) => {
                 self.confirms.get_or_insert_with(Confirms::new);
-                out.done(handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(reply)));
             }
             Method::BasicConsumeOk(ref ok) => {
                 if let (Some(consumer), Method::BasicConsume(_)) = (consumer, &method) {
                     self.consumers.insert(ok.consumer_tag.clone(), consumer);
                 }
-                out.done(handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(reply)));
             }
             Method::BasicCancelOk(ref ok) => {
                 if let Some(consumer) = self.consumers.remove(&ok.consumer_tag) {
@@ -593,9 +690,9 @@ impl<R, C: Clone> Channel<R, C> {
                         reason: Ok(()),
                     });
                 }
-                out.done(handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(reply)));
             }
-            reply => out.done(handle, Ok(Reply::Method(reply))),
+            reply => out.answer(id, handle, Ok(Reply::Method(reply))),
         }
         self.pump(out);
         Ok(false)
@@ -685,8 +782,21 @@ impl<R, C: Clone> Channel<R, C> {
 
     /// Ends every piece of work on the channel with `error`.
     pub(super) fn fail_all(&mut self, error: &Error, out: &mut Output<R, C>) {
+        self.fail_work(error, out);
+        for (_, consumer) in self.consumers.drain() {
+            out.events.push_back(Event::ConsumerEnded {
+                consumer,
+                reason: Err(error.clone()),
+            });
+        }
+    }
+
+    /// Fails every call waiting on the channel (RPCs, gets, confirms) with
+    /// `error`; consumers are left alone.
+    fn fail_work(&mut self, error: &Error, out: &mut Output<R, C>) {
+        let id = self.id;
         if let Some(f) = self.in_flight.take() {
-            out.done(f.reply, Err(error.clone()));
+            out.answer(id, f.reply, Err(error.clone()));
         }
         if let Some(reply) = self.get_reply.take() {
             out.done(reply, Err(error.clone()));
@@ -694,19 +804,13 @@ impl<R, C: Clone> Channel<R, C> {
         self.content = None;
         for queued in self.queue.drain(..) {
             match queued {
-                Queued::Rpc { reply, .. } => out.done(reply, Err(error.clone())),
+                Queued::Rpc { reply, .. } => out.answer(id, reply, Err(error.clone())),
                 Queued::Publish {
                     confirm: Some(reply),
                     ..
                 } => out.done(reply, Err(error.clone())),
                 Queued::Publish { .. } | Queued::Send(_) => {}
             }
-        }
-        for (_, consumer) in self.consumers.drain() {
-            out.events.push_back(Event::ConsumerEnded {
-                consumer,
-                reason: Err(error.clone()),
-            });
         }
         if let Some(c) = &mut self.confirms {
             for slot in c.slots.drain(..) {
@@ -724,7 +828,32 @@ impl<R, C: Clone> Channel<R, C> {
     pub(super) fn connection_lost(&mut self, error: &Error, out: &mut Output<R, C>) {
         self.fail_all(error, out);
         if let Some(reply) = self.close_reply.take() {
-            out.done(reply, Err(error.clone()));
+            out.answer(self.id, reply, Err(error.clone()));
+        }
+    }
+
+    /// The connection died and recovery will reopen the channel: calls in
+    /// progress fail with `error` (their outcome is unknown), consumers stay
+    /// with recovery, and a close in progress counts as done.
+    /// A consumer `topology` no longer holds was being cancelled: it ends
+    /// as cancelled.
+    pub(super) fn connection_recovering(
+        &mut self,
+        error: &Error,
+        topology: &Topology<C>,
+        out: &mut Output<R, C>,
+    ) {
+        self.fail_work(error, out);
+        for (tag, consumer) in self.consumers.drain() {
+            if !topology.has_consumer(self.id, &tag) {
+                out.events.push_back(Event::ConsumerEnded {
+                    consumer,
+                    reason: Ok(()),
+                });
+            }
+        }
+        if let Some(reply) = self.close_reply.take() {
+            out.answer(self.id, reply, Ok(Reply::Sent));
         }
     }
 }

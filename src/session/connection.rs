@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 
 use super::auth;
-use super::channel::{Channel, Fault, Output};
+use super::channel::{Channel, Fault, Output, Waiter};
+use super::recovery::{self, Replay, Step, Topology};
 use super::{ChannelRef, Command, Event, Reply};
 use crate::error::Error;
 use crate::protocol::{
@@ -83,6 +84,23 @@ pub(crate) struct Session<R, C> {
     server_properties: FieldTable,
     /// The input broke framing: the rest of the stream is discarded.
     unreadable: bool,
+    /// A recovered connection's topology, replayed once the handshake is done.
+    resume: Option<Topology<C>>,
+    /// The replay in progress, and the step waiting for its answer.
+    replay: Option<Replay<C>>,
+    replay_step: Option<ReplayStep<C>>,
+    /// The connection was lost and can be recovered: what to rebuild.
+    lost: Option<Topology<C>>,
+    /// The handshake finished once (only an opened connection recovers).
+    opened: bool,
+}
+
+/// A replay step on the wire: what it was, to report or follow up its answer.
+struct ReplayStep<C> {
+    method: Method,
+    consumer: Option<C>,
+    /// A server-named queue's old name.
+    renames: Option<ShortString>,
 }
 
 impl<R, C: Clone> Session<R, C> {
@@ -92,6 +110,8 @@ impl<R, C: Clone> Session<R, C> {
             bytes: BytesMut::with_capacity(64 * 1024),
             events: VecDeque::new(),
             frame_max: FRAME_MIN_SIZE,
+            topology: config.recovery.is_some().then(Topology::default),
+            replayed: VecDeque::new(),
         };
         out.bytes.extend_from_slice(&PROTOCOL_HEADER);
         Session {
@@ -112,7 +132,24 @@ impl<R, C: Clone> Session<R, C> {
             error: None,
             server_properties: FieldTable::new(),
             unreadable: false,
+            resume: None,
+            replay: None,
+            replay_step: None,
+            lost: None,
+            opened: false,
         }
+    }
+
+    /// A session that reconnects a lost connection: once the handshake is
+    /// done it replays `topology` (channels, their modes, exchanges, queues,
+    /// bindings, consumers), then reports [`Event::RecoveryDone`]. Commands
+    /// must wait until then.
+    pub(crate) fn resume(config: ConnectionConfig, now: Instant, topology: Topology<C>) -> Self {
+        let mut session = Session::new(config, now);
+        session.out.topology = None;
+        session.next_serial = topology.next_serial;
+        session.resume = Some(topology);
+        session
     }
 
     // ---- inputs -------------------------------------------------------
@@ -128,6 +165,7 @@ impl<R, C: Clone> Session<R, C> {
                     if let Err(fault) = self.handle_frame(frame) {
                         self.fault(fault.code, fault.text, None);
                     }
+                    self.drive_replay();
                 }
                 Ok(Decoded::Incomplete { .. }) => return,
                 Err(err) => {
@@ -206,7 +244,7 @@ impl<R, C: Clone> Session<R, C> {
                 method,
                 reply,
             } => match channel_in(&mut self.channels, channel) {
-                Some(ch) => ch.rpc(method, reply, None, &mut self.out),
+                Some(ch) => ch.rpc(method, Waiter::App(reply), None, &mut self.out),
                 None => self.out.done(reply, Err(no_channel(channel))),
             },
             Command::Consume {
@@ -217,7 +255,7 @@ impl<R, C: Clone> Session<R, C> {
             } => match channel_in(&mut self.channels, channel) {
                 Some(ch) => ch.rpc(
                     Method::BasicConsume(method),
-                    reply,
+                    Waiter::App(reply),
                     Some(consumer),
                     &mut self.out,
                 ),
@@ -254,7 +292,7 @@ impl<R, C: Clone> Session<R, C> {
                 text,
                 reply,
             } => match channel_in(&mut self.channels, channel) {
-                Some(ch) => ch.close(code, text, reply, &mut self.out),
+                Some(ch) => ch.close(code, text, Waiter::App(reply), &mut self.out),
                 None => self.out.done(reply, Ok(Reply::Sent)),
             },
             Command::Close { code, text, reply } => {
@@ -447,7 +485,8 @@ impl<R, C: Clone> Session<R, C> {
         }
         self.next_serial += 1;
         let serial = self.next_serial;
-        self.channels[index] = Some(Box::new(Channel::opening(id, serial, reply, &mut self.out)));
+        let channel = Channel::opening(id, serial, Waiter::App(reply), 0, &mut self.out);
+        self.channels[index] = Some(Box::new(channel));
     }
 
     fn handle_frame(&mut self, frame: Frame) -> Result<(), Fault> {
@@ -617,10 +656,16 @@ impl<R, C: Clone> Session<R, C> {
             }
             (State::AwaitOpenOk, Method::ConnectionOpenOk(_)) => {
                 self.state = State::Open;
+                self.opened = true;
                 self.handshake_deadline = None;
                 self.out.events.push_back(Event::Connected {
                     server_properties: std::mem::take(&mut self.server_properties),
                 });
+                if let Some(topology) = self.resume.take() {
+                    self.replay = Some(Replay::plan(&topology));
+                    self.out.topology = Some(topology);
+                    self.next_replay_step();
+                }
                 Ok(())
             }
             (State::Open, Method::ConnectionBlocked(m)) => {
@@ -744,6 +789,15 @@ impl<R, C: Clone> Session<R, C> {
             return;
         }
         let error = self.error.clone().unwrap_or(error);
+        let recoverable = (self.opened || self.resume.is_some())
+            && self.state != State::Closing
+            && !matches!(error, Error::Closed);
+        if recoverable {
+            // Lost, not closed by either side on purpose: recover if asked to.
+            if let Some(topology) = self.out.topology.take().or_else(|| self.resume.take()) {
+                return self.lost(error, topology);
+            }
+        }
         self.state = State::Closed;
         self.close_deadline = None;
         self.handshake_deadline = None;
@@ -752,6 +806,14 @@ impl<R, C: Clone> Session<R, C> {
         // on completes, so what they see next is consistent.
         self.out.events.push_back(Event::Closed(error.clone()));
         self.fail_everything(&error);
+        // Consumers recovery held but had not restarted yet end too.
+        let recorded = self.out.topology.take().or_else(|| self.resume.take());
+        for consumer in recorded.into_iter().flat_map(Topology::into_consumers) {
+            self.out.events.push_back(Event::ConsumerEnded {
+                consumer,
+                reason: Err(error.clone()),
+            });
+        }
         if let Some(reply) = self.close_reply.take() {
             let result = if matches!(error, Error::Closed) {
                 Ok(Reply::Sent)
@@ -760,6 +822,233 @@ impl<R, C: Clone> Session<R, C> {
             };
             self.out.done(reply, result);
         }
+    }
+
+    /// The connection was lost and recovery will rebuild it: calls in
+    /// progress fail with [`Error::ConnectionLost`] (their outcome is
+    /// unknown), while channels and consumers are kept in `topology` for
+    /// the next session to reopen.
+    fn lost(&mut self, error: Error, mut topology: Topology<C>) {
+        self.state = State::Closed;
+        self.close_deadline = None;
+        self.handshake_deadline = None;
+        self.error = Some(error.clone());
+        self.out.events.push_back(Event::Lost);
+        let lost = Error::ConnectionLost {
+            cause: Box::new(error),
+        };
+        if let Some(reply) = self.connection_rpc.take() {
+            self.out.done(reply, Err(lost.clone()));
+        }
+        for slot in &mut self.channels {
+            if let Some(mut ch) = slot.take() {
+                topology.set_last_delivery_tag(ch.id, ch.last_delivery_tag);
+                ch.connection_recovering(&lost, &topology, &mut self.out);
+            }
+        }
+        topology.next_serial = topology.next_serial.max(self.next_serial);
+        self.replay = None;
+        self.replay_step = None;
+        self.out.replayed.clear();
+        self.lost = Some(topology);
+    }
+
+    /// Hands each replay answer to the replay, which sends the next step.
+    fn drive_replay(&mut self) {
+        while let Some((channel, result)) = self.out.replayed.pop_front() {
+            self.replay_answered(channel, result);
+        }
+    }
+
+    fn replay_answered(&mut self, channel: u16, result: Result<Reply, Error>) {
+        let (Some(replay), Some(step)) = (&mut self.replay, self.replay_step.take()) else {
+            return;
+        };
+        let topology = self.out.topology.get_or_insert_with(Topology::default);
+        match result {
+            Ok(Reply::Method(Method::QueueDeclareOk(ok))) => {
+                if let Some(old) = &step.renames {
+                    replay.renamed(old, &ok.queue, topology);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                if channel == replay.own_channel && matches!(step.method, Method::ChannelClose(_)) {
+                    // Closing our own channel failed: nothing is lost.
+                } else {
+                    recovery::forget(topology, channel, &step.method);
+                    if let Some(consumer) = step.consumer {
+                        self.out.events.push_back(Event::ConsumerEnded {
+                            consumer,
+                            reason: Err(error.clone()),
+                        });
+                    }
+                    replay.failed(recovery::describe(&step.method), error);
+                }
+            }
+        }
+        self.next_replay_step();
+    }
+
+    /// Sends the next replay step, or reports the replay done.
+    fn next_replay_step(&mut self) {
+        loop {
+            let Some(replay) = &mut self.replay else {
+                return;
+            };
+            let Some(step) = replay.next_step() else {
+                let report = std::mem::take(&mut replay.report);
+                self.replay = None;
+                self.out.events.push_back(Event::RecoveryDone(report));
+                return;
+            };
+            let own_channel = replay.own_channel;
+            match step {
+                Step::Open {
+                    channel,
+                    serial,
+                    last_delivery_tag,
+                } => {
+                    let index = usize::from(channel);
+                    if self.channels.len() <= index {
+                        self.channels.resize_with(index + 1, || None);
+                    }
+                    let opening = Channel::opening(
+                        channel,
+                        serial,
+                        Waiter::Replay,
+                        last_delivery_tag,
+                        &mut self.out,
+                    );
+                    self.channels[index] = Some(Box::new(opening));
+                    self.replay_step = Some(ReplayStep {
+                        method: recovery::channel_open(),
+                        consumer: None,
+                        renames: None,
+                    });
+                }
+                Step::Rpc {
+                    channel,
+                    method,
+                    consumer,
+                    renames,
+                } => {
+                    let open = self
+                        .channels
+                        .get_mut(usize::from(channel))
+                        .and_then(Option::as_deref_mut);
+                    let Some(ch) = open else {
+                        let step = Step::Rpc {
+                            channel,
+                            method,
+                            consumer,
+                            renames,
+                        };
+                        self.replay_on_missing_channel(step, own_channel);
+                        continue;
+                    };
+                    ch.rpc(
+                        method.clone(),
+                        Waiter::Replay,
+                        consumer.clone(),
+                        &mut self.out,
+                    );
+                    self.replay_step = Some(ReplayStep {
+                        method,
+                        consumer,
+                        renames,
+                    });
+                }
+                Step::Close { channel } => {
+                    let open = self
+                        .channels
+                        .get_mut(usize::from(channel))
+                        .and_then(Option::as_deref_mut);
+                    let Some(ch) = open else { continue };
+                    ch.close(
+                        200,
+                        ShortString::from_static("recovered"),
+                        Waiter::Replay,
+                        &mut self.out,
+                    );
+                    self.replay_step = Some(ReplayStep {
+                        method: Method::ChannelClose(Default::default()),
+                        consumer: None,
+                        renames: None,
+                    });
+                }
+            }
+            self.note_sent();
+            // An answer may already be in (a step refused at once).
+            if self.out.replayed.is_empty() {
+                return;
+            }
+            let (channel, result) = self.out.replayed.pop_front().expect("checked above");
+            return self.replay_answered(channel, result);
+        }
+    }
+
+    /// A step for a channel that is gone: the replay's own channel is
+    /// reopened for it; a step on an application channel that failed is
+    /// dropped (its consumer ends).
+    fn replay_on_missing_channel(&mut self, step: Step<C>, own_channel: u16) {
+        let Some(replay) = &mut self.replay else {
+            return;
+        };
+        let Step::Rpc {
+            channel,
+            method,
+            consumer,
+            ..
+        } = &step
+        else {
+            return;
+        };
+        if *channel == own_channel {
+            replay.push_front(step);
+            replay.push_front(Step::Open {
+                channel: own_channel,
+                serial: 0,
+                last_delivery_tag: 0,
+            });
+            return;
+        }
+        let error = Error::ChannelClosed {
+            code: 0,
+            text: format!("channel {channel} could not be reopened by recovery"),
+            class_id: 0,
+            method_id: 0,
+        };
+        if let Some(topology) = &mut self.out.topology {
+            recovery::forget(topology, *channel, method);
+        }
+        if let Some(consumer) = consumer {
+            self.out.events.push_back(Event::ConsumerEnded {
+                consumer: consumer.clone(),
+                reason: Err(error.clone()),
+            });
+        }
+        replay.failed(recovery::describe(method), error);
+    }
+
+    /// Whether the connection is open (handshake done, not closing).
+    pub(crate) fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    /// Ends the session at once, without a close handshake or recovery
+    /// (the application closed the connection while a recovery was still
+    /// connecting).
+    pub(crate) fn abort(&mut self) {
+        if self.state != State::Closed {
+            self.state = State::Closing;
+            self.closed(Error::Closed);
+        }
+    }
+
+    /// The topology to rebuild, once the connection was lost with recovery on.
+    pub(crate) fn take_recovery(&mut self) -> Option<Topology<C>> {
+        self.lost.take()
     }
 
     fn fail_everything(&mut self, error: &Error) {

@@ -24,6 +24,7 @@ mod auth;
 mod channel;
 mod connection;
 mod content;
+pub(crate) mod recovery;
 pub(crate) mod requests;
 pub(crate) mod tags;
 
@@ -32,6 +33,7 @@ mod tests;
 
 pub(crate) use connection::Session;
 pub use content::{Delivery, ReturnedMessage};
+pub use recovery::RecoveryReport;
 
 use bytes::Bytes;
 
@@ -176,4 +178,11 @@ pub(crate) enum Event<R, C> {
     Flow { channel: u16, active: bool },
     /// The connection is closed; nothing more will happen.
     Closed(Error),
+    /// The connection was lost and recovery is on: the session is closed,
+    /// [`Session::take_recovery`] holds what to rebuild on a new one, and
+    /// [`Session::error`] why it was lost.
+    Lost,
+    /// A resumed session finished replaying the topology; application
+    /// commands can flow again.
+    RecoveryDone(RecoveryReport),
 }

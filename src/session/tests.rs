@@ -1269,3 +1269,7 @@ fn a_channel_close_crossing_ours_reports_the_brokers_reason_and_keeps_the_number
     assert!(b.sent_close().is_none());
     assert_eq!(b.open_channel(4).id, 1, "free again after close-ok");
 }
+
+// ---- automatic recovery -----------------------------------------------
+
+mod recovery;

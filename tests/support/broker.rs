@@ -52,6 +52,12 @@ pub fn unreachable(error: &Error) -> ! {
     )
 }
 
+/// The broker's `host:port`, to connect a relay (or a probe) to.
+pub fn address_for_relay() -> String {
+    let config = config();
+    format!("{}:{}", config.host, config.port)
+}
+
 /// Opens a connection to the test broker, or panics saying why.
 #[track_caller]
 pub fn connect() -> Connection {
