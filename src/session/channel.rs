@@ -272,6 +272,22 @@ impl<R, C: Clone> Channel<R, C> {
         }
     }
 
+    /// A delivery tag from the broker in the application's numbering
+    /// (shifted past the tags handed out before a recovery).
+    fn our_tag(&mut self, broker_tag: u64) -> Result<u64, Fault> {
+        let tag = broker_tag.checked_add(self.tag_offset).ok_or_else(|| {
+            Fault::new(
+                ReplyCode::SyntaxError,
+                format!(
+                    "delivery tag {broker_tag} on channel {} is past the largest tag",
+                    self.id
+                ),
+            )
+        })?;
+        self.last_delivery_tag = self.last_delivery_tag.max(tag);
+        Ok(tag)
+    }
+
     /// Turns an ack's tag into the broker's numbering; `false` when it is
     /// from before the last recovery (so it must not be sent).
     fn to_broker_tag(&self, method: &mut Method) -> bool {
@@ -544,8 +560,7 @@ impl<R, C: Clone> Channel<R, C> {
         }
         match method {
             Method::BasicDeliver(mut m) => {
-                m.delivery_tag += self.tag_offset;
-                self.last_delivery_tag = m.delivery_tag;
+                m.delivery_tag = self.our_tag(m.delivery_tag)?;
                 self.content = Some(Assembly::new(ContentMethod::Deliver(m)));
                 Ok(false)
             }
@@ -658,8 +673,17 @@ impl<R, C: Clone> Channel<R, C> {
                 out.answer(id, handle, Ok(Reply::ChannelOpened(opened)));
             }
             Method::BasicGetOk(mut m) => {
-                m.delivery_tag += self.tag_offset;
-                self.last_delivery_tag = self.last_delivery_tag.max(m.delivery_tag);
+                m.delivery_tag = match self.our_tag(m.delivery_tag) {
+                    Ok(tag) => tag,
+                    Err(fault) => {
+                        let error = Error::ProtocolViolation {
+                            code: fault.code,
+                            text: fault.text.clone(),
+                        };
+                        out.answer(id, handle, Err(error));
+                        return Err(fault);
+                    }
+                };
                 // The RPC completes when the content is in.
                 self.content = Some(Assembly::new(ContentMethod::GetOk(m)));
                 self.get_reply = match handle {

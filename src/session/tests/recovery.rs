@@ -617,3 +617,14 @@ fn an_auto_delete_queue_goes_with_its_last_consumer() {
     let names: Vec<&str> = replayed.iter().map(|(_, m)| m.name()).collect();
     assert_eq!(names, ["channel.open"], "no queue, no consumer");
 }
+
+#[test]
+fn a_delivery_tag_that_overflows_past_the_recovery_offset_is_a_fault_not_a_panic() {
+    let (mut b, _) = recovered_connection();
+    replay_all(&mut b);
+    b.events();
+    b.session
+        .handle_bytes(&mut deliver_to(1, "ctag-1", u64::MAX), b.now);
+    let close = b.sent_close().expect("the connection is closed");
+    assert_eq!(close.reply_code, 502);
+}
