@@ -235,7 +235,7 @@ fn run_ops(u: &mut Unstructured<'_>) -> ArbitraryResult<()> {
                     mandatory,
                     ..BasicPublish::default()
                 },
-                properties: BasicProperties::default(),
+                properties: Default::default(),
                 body: Bytes::from(body),
                 confirm: confirm.then(&mut reply),
             }),

@@ -30,6 +30,7 @@
 //! # }
 //! ```
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,8 +43,8 @@ use futures_core::Stream;
 use crate::error::Error;
 use crate::options::*;
 use crate::protocol::{
-    BasicAck, BasicCancel, BasicNack, BasicProperties, BasicReject, FieldTable, Method,
-    QueueDeclareOk, ShortString,
+    BasicAck, BasicCancel, BasicNack, BasicProperties, BasicReject, EncodedBasicProperties,
+    FieldTable, Method, QueueDeclareOk, ShortString,
 };
 use crate::reactor::handle::{lock, ChannelShared, Completion, ConsumerQueue, Received, Shared};
 pub use crate::reactor::handle::{Call, ConnectionEvent};
@@ -372,34 +373,56 @@ impl Channel {
     /// Publishes a message (basic.publish). Completes once the message is
     /// queued for the socket; waits first while the write buffer is past its
     /// high-water mark or the broker has blocked the connection.
-    pub async fn basic_publish(
+    ///
+    /// The arguments are checked and the properties encoded when this is
+    /// called, so the future holds only the encoded message.
+    pub fn basic_publish(
         &self,
         exchange: &str,
         routing_key: &str,
         options: PublishOptions,
         properties: BasicProperties,
         body: impl Into<Bytes>,
-    ) -> Result<(), Error> {
-        let method = requests::basic_publish(exchange, routing_key, options)?;
-        self.wait_for_room().await?;
-        self.submit_publish(method, properties, body.into(), None)
+    ) -> impl Future<Output = Result<(), Error>> + '_ {
+        let message = requests::basic_publish(exchange, routing_key, options).map(|method| {
+            (
+                method,
+                EncodedBasicProperties::from(&properties),
+                body.into(),
+            )
+        });
+        async move {
+            let (method, properties, body) = message?;
+            self.wait_for_room().await?;
+            self.submit_publish(method, properties, body, None)
+        }
     }
 
     /// Publishes a message on a channel in confirm mode; the returned call
-    /// completes with the broker's confirm.
-    pub async fn basic_publish_confirmed(
+    /// completes with the broker's confirm. Arguments are handled as in
+    /// [`Channel::basic_publish`].
+    pub fn basic_publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,
         options: PublishOptions,
         properties: BasicProperties,
         body: impl Into<Bytes>,
-    ) -> Result<Call<Confirmation>, Error> {
-        let method = requests::basic_publish(exchange, routing_key, options)?;
-        self.wait_for_room().await?;
-        let completion = Completion::new();
-        self.submit_publish(method, properties, body.into(), Some(completion.clone()))?;
-        Ok(Call::plain(completion, requests::confirmation))
+    ) -> impl Future<Output = Result<Call<Confirmation>, Error>> + '_ {
+        let message = requests::basic_publish(exchange, routing_key, options).map(|method| {
+            (
+                method,
+                EncodedBasicProperties::from(&properties),
+                body.into(),
+            )
+        });
+        async move {
+            let (method, properties, body) = message?;
+            self.wait_for_room().await?;
+            let completion = Completion::new();
+            self.submit_publish(method, properties, body, Some(completion.clone()))?;
+            Ok(Call::plain(completion, requests::confirmation))
+        }
     }
 
     /// Ready when there is room to publish (see [`Channel::basic_publish`]).
@@ -411,7 +434,7 @@ impl Channel {
     pub(crate) fn submit_publish(
         &self,
         method: crate::protocol::BasicPublish,
-        properties: BasicProperties,
+        properties: EncodedBasicProperties,
         body: Bytes,
         confirm: Option<Arc<Completion>>,
     ) -> Result<(), Error> {

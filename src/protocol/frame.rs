@@ -131,13 +131,44 @@ impl Frame {
     }
 }
 
+/// Content properties as [`encode_message`] writes them into a content
+/// header: owned [`BasicProperties`], or properties encoded already
+/// ([`EncodedBasicProperties`], which is what a publish carries from the
+/// application's thread to the connection's: 40 bytes, not 456).
+pub trait EncodeProperties {
+    /// Bytes the flags word and the present properties take.
+    fn encoded_len(&self) -> usize;
+    /// Writes the flags word and the present properties.
+    fn encode_into(&self, buf: &mut impl BufMut);
+}
+
+impl EncodeProperties for BasicProperties {
+    fn encoded_len(&self) -> usize {
+        BasicProperties::encoded_len(self)
+    }
+
+    fn encode_into(&self, buf: &mut impl BufMut) {
+        self.encode(buf);
+    }
+}
+
+impl EncodeProperties for EncodedBasicProperties {
+    fn encoded_len(&self) -> usize {
+        EncodedBasicProperties::encoded_len(self)
+    }
+
+    fn encode_into(&self, buf: &mut impl BufMut) {
+        self.encode(buf);
+    }
+}
+
 /// Appends a whole message to `buf` in one pass: its method frame, its content
 /// header and as many body frames as `frame_max` requires (none for an empty
 /// body). This is the publish path: no intermediate frame values are built.
 pub fn encode_message(
     channel: u16,
     method: &Method,
-    properties: &BasicProperties,
+    properties: &impl EncodeProperties,
     body: &[u8],
     frame_max: u32,
     buf: &mut impl BufMut,
@@ -154,7 +185,7 @@ pub fn encode_message(
     buf.put_u16(method.class_id());
     buf.put_u16(0);
     buf.put_u64(body.len() as u64);
-    properties.encode(buf);
+    properties.encode_into(buf);
     buf.put_u8(FRAME_END);
 
     let max_payload = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);

@@ -16,8 +16,8 @@ mod tests;
 
 pub use dump::dump;
 pub use frame::{
-    encode_message, ContentHeader, Decoded, Frame, FrameDecoder, FRAME_HEADER_SIZE, FRAME_OVERHEAD,
-    PROTOCOL_HEADER,
+    encode_message, ContentHeader, Decoded, EncodeProperties, Frame, FrameDecoder,
+    FRAME_HEADER_SIZE, FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
 pub use generated::*;
 pub use value::{

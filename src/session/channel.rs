@@ -16,8 +16,8 @@ use super::recovery::Topology;
 use super::{Confirmation, Event, Reply};
 use crate::error::Error;
 use crate::protocol::{
-    encode_message, BasicCancelOk, BasicProperties, BasicPublish, ChannelCloseOk, ChannelFlowOk,
-    Frame, Method, ReplyCode, ShortString,
+    encode_message, BasicCancelOk, BasicPublish, ChannelCloseOk, ChannelFlowOk,
+    EncodedBasicProperties, Frame, Method, ReplyCode, ShortString,
 };
 
 /// Where a channel writes: the connection's outgoing bytes and event queue,
@@ -92,7 +92,7 @@ enum Queued<R, C> {
     },
     Publish {
         method: BasicPublish,
-        properties: BasicProperties,
+        properties: EncodedBasicProperties,
         body: Bytes,
         confirm: Option<R>,
     },
@@ -234,7 +234,7 @@ impl<R, C: Clone> Channel<R, C> {
     pub(super) fn publish(
         &mut self,
         method: BasicPublish,
-        properties: BasicProperties,
+        properties: EncodedBasicProperties,
         body: Bytes,
         confirm: Option<R>,
         out: &mut Output<R, C>,
@@ -310,7 +310,7 @@ impl<R, C: Clone> Channel<R, C> {
     fn send_publish(
         &mut self,
         method: BasicPublish,
-        properties: &BasicProperties,
+        properties: &EncodedBasicProperties,
         body: &[u8],
         confirm: Option<R>,
         out: &mut Output<R, C>,
@@ -522,7 +522,8 @@ impl<R, C: Clone> Channel<R, C> {
                 message_count,
             } => {
                 if let Some(reply) = self.get_reply.take() {
-                    out.done(reply, Ok(Reply::Get(Some((delivery, message_count)))));
+                    let got = Box::new((delivery, message_count));
+                    out.done(reply, Ok(Reply::Get(Some(got))));
                 }
                 self.pump(out);
             }

@@ -38,7 +38,7 @@ pub use recovery::RecoveryReport;
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::protocol::{BasicConsume, BasicProperties, BasicPublish, Method, ShortString};
+use crate::protocol::{BasicConsume, BasicPublish, EncodedBasicProperties, Method, ShortString};
 
 /// A channel as a handle knows it: its number and which opening of that
 /// number it is, so a handle to a closed channel never reaches a later
@@ -76,7 +76,8 @@ pub(crate) enum Command<R, C> {
     Publish {
         channel: ChannelRef,
         method: BasicPublish,
-        properties: BasicProperties,
+        /// Encoded on the application's thread: a small value to move.
+        properties: EncodedBasicProperties,
         body: Bytes,
         confirm: Option<R>,
     },
@@ -111,8 +112,8 @@ pub(crate) enum Reply {
     /// The broker's answer to a synchronous method.
     Method(Method),
     /// basic.get's answer: a message with the count left in the queue, or
-    /// nothing (basic.get-empty).
-    Get(Option<(Delivery, u32)>),
+    /// nothing (basic.get-empty). Boxed: every other reply is smaller.
+    Get(Option<Box<(Delivery, u32)>>),
     /// The command is done (written, or acknowledged by close-ok).
     Sent,
     /// A publisher confirm.

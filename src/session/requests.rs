@@ -288,7 +288,7 @@ pub(crate) fn basic_get(
             no_ack,
         }),
         parse: |reply, _| match reply {
-            Reply::Get(message) => Ok(message),
+            Reply::Get(message) => Ok(message.map(|boxed| *boxed)),
             other => Err(unexpected(other, "basic.get-ok or get-empty")),
         },
     })

@@ -256,7 +256,7 @@ fn publish(
             routing_key: ShortString::from_static("q"),
             ..BasicPublish::default()
         },
-        properties: BasicProperties::default(),
+        properties: Default::default(),
         body: Bytes::from_static(body),
         confirm,
     }
