@@ -245,6 +245,45 @@ proptest! {
     }
 
     #[test]
+    fn a_message_encodes_as_its_frames_one_by_one(
+        data in proptest::collection::vec(any::<u8>(), 0..2048),
+        body_len in 0usize..1200,
+        frame_max in prop_oneof![Just(4096u32), 9u32..600],
+        encoded in any::<bool>(),
+    ) {
+        // Staged on the stack or written field by field, split or not, from
+        // owned or encoded properties: the same bytes as frame by frame.
+        let mut u = Unstructured::new(&data);
+        let (Ok(publish), Ok(properties)) =
+            (BasicPublish::arbitrary(&mut u), BasicProperties::arbitrary(&mut u))
+        else {
+            return Ok(());
+        };
+        let method = Method::BasicPublish(publish);
+        let body: Vec<u8> = (0..body_len).map(|i| i as u8).collect();
+        let mut together = BytesMut::new();
+        if encoded {
+            let properties = EncodedBasicProperties::from(&properties);
+            encode_message(3, &method, &properties, &body, frame_max, &mut together);
+        } else {
+            encode_message(3, &method, &properties, &body, frame_max, &mut together);
+        }
+        let mut apart = BytesMut::new();
+        Frame::Method { channel: 3, method: method.clone() }.encode(&mut apart);
+        let header = ContentHeader {
+            class_id: CLASS_BASIC,
+            body_size: body_len as u64,
+            properties: EncodedBasicProperties::from(&properties),
+        };
+        Frame::Header { channel: 3, header }.encode(&mut apart);
+        for piece in body.chunks(frame_max as usize - FRAME_OVERHEAD) {
+            let payload = Bytes::copy_from_slice(piece);
+            Frame::Body { channel: 3, payload }.encode(&mut apart);
+        }
+        prop_assert_eq!(together, apart);
+    }
+
+    #[test]
     fn basic_properties_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096), body_size in any::<u64>()) {
         if let Ok(properties) = BasicProperties::arbitrary(&mut Unstructured::new(&data)) {
             let encoded = EncodedBasicProperties::from(&properties);
