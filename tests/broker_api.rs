@@ -2426,3 +2426,70 @@ fn update_secret_is_answered_and_the_connection_stays_usable() {
     assert!(connection.close_reason().is_none());
     connection.close().unwrap();
 }
+
+#[test]
+fn one_consumer_drains_many_queues_and_a_busy_queue_does_not_starve_a_quiet_one() {
+    let connection = connect();
+    let channel = connection.open_channel().expect("channel");
+    let queues: Vec<String> = (0..3).map(|_| exclusive_queue(&channel)).collect();
+    for n in 0..40 {
+        publish(&channel, "", &queues[0], format!("busy {n}"));
+    }
+    for n in 0..4 {
+        publish(&channel, "", &queues[1], format!("quiet {n}"));
+    }
+    channel.basic_qos(5, false).expect("qos per consumer");
+    let names: Vec<&str> = queues.iter().map(String::as_str).collect();
+    let consumer = channel
+        .basic_consume_many(&names, ConsumeOptions::default(), no_args())
+        .expect("consume from all three");
+    let tags: Vec<String> = consumer.tags().map(str::to_owned).collect();
+    assert_eq!(tags.len(), 3);
+    assert_eq!(tags.iter().collect::<HashSet<_>>().len(), 3, "{tags:?}");
+    let mut order = Vec::new();
+    while order.len() < 44 {
+        let delivery = consumer
+            .recv_timeout(ARRIVES)
+            .expect("recv")
+            .expect("all 44 messages arrive");
+        let from = tags
+            .iter()
+            .position(|t| delivery.consumer_tag == t.as_str())
+            .expect("a delivery for one of the consumer's tags");
+        order.push(from);
+        channel
+            .basic_ack(delivery.delivery_tag, false)
+            .expect("ack");
+    }
+    assert_eq!(order.iter().filter(|&&q| q == 0).count(), 40);
+    assert_eq!(order.iter().filter(|&&q| q == 1).count(), 4);
+    let quiet_done = order
+        .iter()
+        .rposition(|&q| q == 1)
+        .expect("quiet ones came");
+    assert!(
+        quiet_done < 10,
+        "the quiet queue's 4 messages come in turn with the busy queue's: {order:?}"
+    );
+    consumer.cancel().expect("cancel every tag");
+    assert!(matches!(consumer.recv_timeout(ARRIVES), Ok(None)));
+    // All three were cancelled: a new message stays in its queue.
+    publish(&channel, "", &queues[2], "after");
+    std::thread::sleep(QUIET);
+    assert!(get(&channel, &queues[2]).is_some());
+}
+
+#[test]
+fn a_consumer_of_many_queues_yields_the_error_when_one_queue_is_missing() {
+    let connection = connect();
+    let channel = connection.open_channel().expect("channel");
+    let present = exclusive_queue(&channel);
+    let missing = unique("missing");
+    let consumer = channel
+        .basic_consume_many(&[&present, &missing], ConsumeOptions::default(), no_args())
+        .expect("the consumes are sent");
+    match consumer.recv_timeout(ARRIVES) {
+        Err(Error::ChannelClosed { code: 404, .. }) => {}
+        other => panic!("expected 404 from the missing queue, got {other:?}"),
+    }
+}

@@ -390,6 +390,18 @@ impl Channel {
         Ok(Consumer { inner })
     }
 
+    /// Consumes from several queues into one [`Consumer`], which one thread
+    /// can drain: see [`nonblocking::Channel::basic_consume_many`].
+    pub fn basic_consume_many(
+        &self,
+        queues: &[&str],
+        options: ConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<Consumer, Error> {
+        let inner = self.inner.basic_consume_many(queues, options, arguments)?;
+        Ok(Consumer { inner })
+    }
+
     /// Cancels a consumer by tag (basic.cancel).
     pub fn basic_cancel(&self, consumer_tag: &str) -> Result<(), Error> {
         self.wait(self.inner.basic_cancel(consumer_tag))
@@ -497,9 +509,14 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// The consumer tag.
+    /// The consumer tag (the first one, for a consumer of several queues).
     pub fn tag(&self) -> &str {
         self.inner.tag()
+    }
+
+    /// Every consumer tag, in the order the queues were given.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.inner.tags()
     }
 
     /// The next delivery, waiting as long as it takes. `Ok(None)` once the

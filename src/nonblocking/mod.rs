@@ -32,7 +32,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -470,7 +470,67 @@ impl Channel {
         })?;
         let tag = Call::rpc(completion, sent, parse).await?;
         Ok(Consumer {
-            tag,
+            tags: vec![tag],
+            channel: self.channel,
+            shared: self.shared.clone(),
+            buffer,
+            done: AtomicBool::new(false),
+        })
+    }
+
+    /// Consumes from several queues into one [`Consumer`] that one task or
+    /// thread drains: one basic.consume per queue, with tags warren chooses
+    /// ([`Consumer::tags`] lists them in queue order; each delivery carries
+    /// its own). Deliveries come in the order the broker sends them, which
+    /// is delivery-tag order, so a `multiple` ack covers exactly what was
+    /// received. The broker serves a channel's consumers in turn, each up to
+    /// its prefetch: for fair consumption from many queues, give them a
+    /// small per-consumer prefetch (`basic_qos(n, false)`).
+    ///
+    /// Returns once the consumes are sent, so deliveries can be taken while
+    /// the rest start. A consume the broker refuses (a missing queue, 404)
+    /// closes the channel, and the consumer then yields that error. The
+    /// consumer ends when any of its consumes ends; cancelling or dropping
+    /// it cancels them all.
+    pub fn basic_consume_many(
+        &self,
+        queues: &[&str],
+        options: ConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<Consumer, Error> {
+        if queues.is_empty() {
+            return Err(Error::InvalidArgument(
+                "basic_consume_many needs at least one queue".into(),
+            ));
+        }
+        if options.no_wait {
+            return Err(Error::InvalidArgument(
+                "basic_consume_many waits for no reply already; no_wait is not for it".into(),
+            ));
+        }
+        static GROUPS: AtomicU64 = AtomicU64::new(0);
+        let group = GROUPS.fetch_add(1, Ordering::Relaxed);
+        let mut consumes = Vec::with_capacity(queues.len());
+        for (index, queue) in queues.iter().enumerate() {
+            let tag = format!("warren.many.{}.{group}.{index}", std::process::id());
+            let (method, _) = requests::basic_consume(queue, &tag, options, arguments.clone())?;
+            consumes.push(method);
+        }
+        self.check()?;
+        let tags: Vec<ShortString> = consumes.iter().map(|c| c.consumer_tag.clone()).collect();
+        let buffer = ConsumerQueue::new(self.channel, self.state.clone(), !options.no_ack);
+        for method in consumes {
+            // The answers are not awaited: a refusal closes the channel,
+            // which ends the consumer with the broker's reason.
+            self.shared.submit(Command::Consume {
+                channel: self.channel,
+                method,
+                consumer: buffer.clone(),
+                reply: Completion::new(),
+            })?;
+        }
+        Ok(Consumer {
+            tags,
             channel: self.channel,
             shared: self.shared.clone(),
             buffer,
@@ -670,7 +730,8 @@ impl Drop for Channel {
 /// yet, bounded by the channel's prefetch (basic_qos) for acknowledged
 /// consumers. Dropping it cancels the consumer and requeues that buffer.
 pub struct Consumer {
-    tag: ShortString,
+    /// One tag per basic.consume (more than one for basic_consume_many).
+    tags: Vec<ShortString>,
     channel: ChannelRef,
     shared: Arc<Shared>,
     buffer: Arc<ConsumerQueue>,
@@ -678,9 +739,14 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// The consumer tag.
+    /// The consumer tag (the first one, for a consumer of several queues).
     pub fn tag(&self) -> &str {
-        self.tag.as_str().unwrap_or_default()
+        self.tags[0].as_str().unwrap_or_default()
+    }
+
+    /// Every consumer tag, in the order the queues were given.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|t| t.as_str().unwrap_or_default())
     }
 
     /// Whether the consumer has ended and everything it buffered was taken.
@@ -707,13 +773,20 @@ impl Consumer {
         })
     }
 
-    /// Cancels the consumer (basic.cancel); completes on cancel-ok. Messages
-    /// already buffered can still be received afterwards.
+    /// Cancels the consumer (basic.cancel, for each of its tags); completes
+    /// on the last cancel-ok. Messages already buffered can still be
+    /// received afterwards.
     pub fn cancel(&self) -> Call<()> {
-        match requests::basic_cancel(self.tag()) {
-            Ok(request) => rpc(&self.shared, self.channel, request),
-            Err(e) => Call::failed(e),
+        // A channel answers in order: the last cancel-ok comes after the others.
+        let mut last = None;
+        for tag in &self.tags {
+            let request = requests::basic_cancel(tag.as_str().unwrap_or_default());
+            last = Some(match request {
+                Ok(request) => rpc(&self.shared, self.channel, request),
+                Err(e) => Call::failed(e),
+            });
         }
+        last.expect("a consumer has at least one tag")
     }
 }
 
@@ -732,14 +805,16 @@ impl Drop for Consumer {
         if self.done.load(Ordering::Acquire) || self.shared.check().is_err() {
             return;
         }
-        let _ = self.shared.submit(Command::Rpc {
-            channel: self.channel,
-            method: Method::BasicCancel(BasicCancel {
-                consumer_tag: self.tag.clone(),
-                no_wait: false,
-            }),
-            reply: Completion::new(),
-        });
+        for tag in &self.tags {
+            let _ = self.shared.submit(Command::Rpc {
+                channel: self.channel,
+                method: Method::BasicCancel(BasicCancel {
+                    consumer_tag: tag.clone(),
+                    no_wait: false,
+                }),
+                reply: Completion::new(),
+            });
+        }
         let unhanded = self.buffer.abandon();
         if self.buffer.acknowledged {
             for delivery in unhanded {
