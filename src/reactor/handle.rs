@@ -102,6 +102,10 @@ struct ConsumerState {
 /// Its size is bounded by the channel's prefetch (for acknowledged consumers).
 pub(crate) struct ConsumerQueue {
     state: Mutex<ConsumerState>,
+    /// Deliveries the receiving side took from `state` in one swap and
+    /// hands out one by one: the lock the reactor also takes is taken once
+    /// per batch, not once per delivery.
+    taken: Mutex<VecDeque<Delivery>>,
     /// Set when the application dropped its consumer: later deliveries are
     /// requeued by the reactor instead of buffered.
     abandoned: AtomicBool,
@@ -133,6 +137,7 @@ impl ConsumerQueue {
                 ended: None,
                 waker: None,
             }),
+            taken: Mutex::new(VecDeque::new()),
             abandoned: AtomicBool::new(false),
             acknowledged,
             channel,
@@ -169,18 +174,21 @@ impl ConsumerQueue {
         }
     }
 
-    fn next(state: &mut ConsumerState) -> Option<Received> {
-        if let Some(d) = state.deliveries.pop_front() {
-            return Some(Received::Delivery(d));
-        }
-        state.ended.clone().map(Received::Ended)
-    }
-
     /// Polls for the next delivery or the end.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Received> {
+        let mut taken = lock(&self.taken);
+        if let Some(d) = taken.pop_front() {
+            return Poll::Ready(Received::Delivery(d));
+        }
         let mut state = lock(&self.state);
-        match Self::next(&mut state) {
-            Some(r) => Poll::Ready(r),
+        // Swap buffers: the reactor keeps filling the (empty, already
+        // allocated) one this side emptied.
+        std::mem::swap(&mut *taken, &mut state.deliveries);
+        if let Some(d) = taken.pop_front() {
+            return Poll::Ready(Received::Delivery(d));
+        }
+        match state.ended.clone() {
+            Some(reason) => Poll::Ready(Received::Ended(reason)),
             None => {
                 state.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -190,9 +198,10 @@ impl ConsumerQueue {
 
     /// Marks the consumer dropped and takes everything buffered (to requeue it).
     pub(crate) fn abandon(&self) -> Vec<Delivery> {
+        let mut taken = lock(&self.taken);
         let mut state = lock(&self.state);
         self.abandoned.store(true, Ordering::Release);
-        state.deliveries.drain(..).collect()
+        taken.drain(..).chain(state.deliveries.drain(..)).collect()
     }
 }
 
