@@ -81,7 +81,7 @@ fn receiving_and_acking_deliveries_allocates_nothing_per_delivery() {
         let consumer = channel
             .basic_consume(&queue, "", ConsumeOptions::default(), FieldTable::new())
             .expect("consume");
-        let mut receive = |n: u64| {
+        let receive = |n: u64| {
             for received in 1..=n {
                 let delivery = consumer.recv().expect("recv").expect("a delivery");
                 assert_eq!(delivery.body.len(), size);
