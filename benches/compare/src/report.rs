@@ -298,7 +298,7 @@ pub fn process_cpu_us(pid: u32) -> Option<u64> {
 const DRIVEN: &str = "\
 | client | runtime | publish | publish-confirm | consume | many-queues |
 | --- | --- | --- | --- | --- | --- |
-| warren | blocking facade (its reactor thread does the I/O) | `basic_publish` in a loop (returns once queued for the socket) | `basic_publish_confirmed` handles in a FIFO; once 1000 are outstanding, wait for the oldest | `Consumer::recv` in a loop, `basic_ack(tag, multiple)` every 100 | one thread per queue, each `recv` + ack as in consume (the blocking facade has no select over consumers) |
+| warren | blocking facade (its reactor thread does the I/O) | `basic_publish` in a loop (returns once queued for the socket) | `basic_publish_confirmed` handles in a FIFO; once 1000 are outstanding, wait for the oldest | `Consumer::recv` in a loop, `basic_ack(tag, multiple)` every 100 | four channels, each with one `basic_consume_many` consumer over a quarter of the queues, drained by one thread (`recv` + ack as in consume) |
 | warren-async | async facade on a tokio current-thread runtime (plus warren's reactor thread) | `basic_publish(..).await` in a loop (completes once queued, so it pipelines) | `basic_publish_confirmed(..).await` gives a `Call`; FIFO of calls, await the oldest once 1000 are outstanding | `StreamExt::next` on the consumer, `basic_ack` every 100 | one tokio task per queue |
 | lapin | tokio current-thread runtime (plus lapin's own I/O-loop thread) | `basic_publish` futures run concurrently with `buffer_unordered(1000)` (each resolves when lapin has written it; awaiting one by one would serialise on the I/O loop) | the same stream, each future also awaiting its `PublisherConfirm`: at most 1000 confirms outstanding | `StreamExt::next` on the consumer; each multiple-ack (`Channel::basic_ack`) is spawned as a task so the consumer does not wait for it to be written | one tokio task per queue |
 | amqprs | tokio current-thread runtime (its reader, writer, channel and consumer tasks share it) | `basic_publish(..).await` in a loop (completes once handed to its writer task); it takes the body as an owned `Vec<u8>`, so one copy per message | no per-message confirm future: a `ChannelCallback` counts `publish_ack`/`publish_nack` (honouring `multiple`) and the publisher waits on a `Notify` whenever 1000 are outstanding | `basic_consume_rx` receiver, `basic_ack(..).await` every 100 | one tokio task per queue |
@@ -309,7 +309,7 @@ const METHOD: &str = "\
 - Every measurement runs in a fresh worker process (the harness re-executes itself with a hidden `--worker` subcommand), so CPU time and peak RSS belong to that client alone. The worker connects and sets up untimed, then says go; timing ends when the work is complete, and the worker's `getrusage(RUSAGE_SELF)` user + system time is taken over the same span (all its threads, runtime included). Peak RSS is the worker's `ru_maxrss` (whole process life, setup included).
 - `publish`, `publish-confirm`: one connection, one channel, N messages of S bytes (no properties) to a fresh, non-durable queue through the default exchange. Timed from go until the queue holds all N: the harness polls with a passive `queue.declare` on its own connection, every 1 ms once the worker says it has handed over its last message (and, with confirms, received every confirm).
 - `consume`: the harness fills a queue with N messages (warren, with confirms) before the worker starts. The worker sets basic.qos prefetch 1000, then go, then `basic.consume` (manual ack); timed until it has received all N and sent its last ack (`multiple = true` every 100 deliveries).
-- `many-queues`: the harness fills Q queues (default 200) with N/Q messages each. The worker opens one channel per queue (each with basic.qos prefetch 1000), then go, then one consumer per channel, acking `multiple` every 100 per channel; timed until every queue is drained. Jain's fairness index is taken over the per-queue delivery counts one second after go (or at the end, if the run is shorter: then it is 1).
+- `many-queues`: the harness fills Q queues (default 200) with N/Q messages each. The worker opens one channel per queue (each with basic.qos prefetch 1000; warren's blocking facade: four channels, see above), then go, then one consumer per queue, acking `multiple` every 100 per channel; timed until every queue is drained. Jain's fairness index is taken over the per-queue delivery counts one second after go (or at the end, if the run is shorter: then it is 1).
 - Order: for each scenario, for each size, for each run, every client once (round-robin, the first client rotating from run to run). Medians are per column (rate, CPU, RSS, broker share and Jain's index each take their own median over the runs).
 - Broker CPU: the `beam.smp` process's user + system time (from /proc, 10 ms ticks) over the timed span, as a percentage of one core. Other load: the machine's busy time (/proc/stat) over the same span, less the worker's and the broker's, as a percentage of one core: anything well above a few percent means something else on this shared machine competed for the two cores during that run.
 - Before each measurement the harness waits (at most 1 s) for the broker to go quiet (under 20% of a core over 100 ms) after the previous clean-up or fill. One untimed warm-up measurement runs first.
@@ -513,6 +513,12 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
         let _ = writeln!(md);
     }
 
+    // The targets warren misses, with the profile and the reason: written
+    // by hand in ANALYSIS.md next to this crate, carried into every report.
+    let analysis = concat!(env!("CARGO_MANIFEST_DIR"), "/ANALYSIS.md");
+    if let Ok(text) = std::fs::read_to_string(analysis) {
+        let _ = writeln!(md, "{}\n", text.trim_end());
+    }
     let _ = writeln!(md, "## How each client was driven\n\n{DRIVEN}");
     let _ = writeln!(md, "## Method\n\n{METHOD}");
     let _ = writeln!(md, "Every run's figures are in [results.csv](results.csv).");
