@@ -542,3 +542,27 @@ fn the_async_facade_recovers_a_cut_link_and_its_stream_goes_on() {
         connection.close().await.expect("close");
     });
 }
+
+#[test]
+fn a_first_connect_that_fails_is_returned_at_once_not_retried() {
+    let _serial = serial();
+    // A port nothing listens on: a relay started and dropped leaves one.
+    let port = Relay::start(support::broker::address_for_relay())
+        .addr()
+        .port();
+    let config = config()
+        .host("127.0.0.1")
+        .port(port)
+        .recovery(quick_recovery());
+    let started = Instant::now();
+    match Connection::open_with(config) {
+        Err(Error::Io(_)) => {}
+        Err(other) => panic!("expected the connect error, got {other}"),
+        Ok(_) => panic!("connected to a closed port"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
