@@ -384,13 +384,7 @@ impl Channel {
         properties: BasicProperties,
         body: impl Into<Bytes>,
     ) -> impl Future<Output = Result<(), Error>> + '_ {
-        let message = requests::basic_publish(exchange, routing_key, options).map(|method| {
-            (
-                method,
-                EncodedBasicProperties::from(&properties),
-                body.into(),
-            )
-        });
+        let message = prepare_message(exchange, routing_key, options, &properties, body.into());
         async move {
             let (method, properties, body) = message?;
             self.wait_for_room().await?;
@@ -409,13 +403,7 @@ impl Channel {
         properties: BasicProperties,
         body: impl Into<Bytes>,
     ) -> impl Future<Output = Result<Call<Confirmation>, Error>> + '_ {
-        let message = requests::basic_publish(exchange, routing_key, options).map(|method| {
-            (
-                method,
-                EncodedBasicProperties::from(&properties),
-                body.into(),
-            )
-        });
+        let message = prepare_message(exchange, routing_key, options, &properties, body.into());
         async move {
             let (method, properties, body) = message?;
             self.wait_for_room().await?;
@@ -699,6 +687,19 @@ impl Channel {
             Err(e) => Call::failed(e),
         }
     }
+}
+
+/// A publish checked and encoded on the caller's thread: its method, its
+/// encoded properties and its body.
+fn prepare_message(
+    exchange: &str,
+    routing_key: &str,
+    options: PublishOptions,
+    properties: &BasicProperties,
+    body: Bytes,
+) -> Result<(crate::protocol::BasicPublish, EncodedBasicProperties, Bytes), Error> {
+    let method = requests::basic_publish(exchange, routing_key, options)?;
+    Ok((method, EncodedBasicProperties::from(properties), body))
 }
 
 /// A completion that is already complete.

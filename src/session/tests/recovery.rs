@@ -14,15 +14,20 @@ fn short(s: &str) -> ShortString {
 }
 
 impl Broker {
-    /// A session resuming `topology`, with its handshake done.
-    fn resumed(topology: Topology<&'static str>) -> Self {
+    /// A session resuming `topology`, before its handshake.
+    fn resuming(topology: Topology<&'static str>) -> Self {
         let now = Instant::now();
-        let mut b = Broker {
+        Broker {
             session: Session::resume(recovering_config(), now, topology),
             now,
             decoder: FrameDecoder::with_frame_max(u32::MAX),
             header_seen: false,
-        };
+        }
+    }
+
+    /// A session resuming `topology`, with its handshake done.
+    fn resumed(topology: Topology<&'static str>) -> Self {
+        let mut b = Broker::resuming(topology);
         b.handshake_with(2047, 131_072, 60);
         b
     }
@@ -458,14 +463,8 @@ fn a_loss_during_the_replay_keeps_everything_for_the_next_attempt() {
     );
     // A failed handshake of a resumed session is a loss too.
     let (_, topology) = b.lose();
-    let now = Instant::now();
-    let mut b = Broker {
-        session: Session::resume(recovering_config(), now, topology),
-        now,
-        decoder: FrameDecoder::with_frame_max(u32::MAX),
-        header_seen: false,
-    };
-    b.session.handle_eof(None, now);
+    let mut b = Broker::resuming(topology);
+    b.session.handle_eof(None, b.now);
     assert!(b.session.take_recovery().is_some());
 }
 
