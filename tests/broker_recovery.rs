@@ -261,6 +261,12 @@ fn closing_while_recovery_waits_to_reconnect_returns_promptly() {
         connection.next_event_timeout(Duration::from_secs(10)),
         Ok(Some(ConnectionEvent::RecoveryStarted { .. }))
     ));
+    // Commands made meanwhile wait in the queue; the close must not wait
+    // behind them for the end of the 30 s delay (the reactor is asleep in
+    // it by now).
+    thread::sleep(Duration::from_millis(300));
+    publish(&channel, "", "anywhere", "queued while recovering");
+    thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
     connection.close().expect("close during recovery");
     assert!(

@@ -335,10 +335,12 @@ impl Shared {
             self.queued_bytes
                 .fetch_add(body.len() + PUBLISH_OVERHEAD, Ordering::Relaxed);
         }
-        let was_empty = commands.is_empty();
+        // A close always wakes the reactor: while it recovers it leaves
+        // other commands queued, and only looks for a close when woken.
+        let wake = commands.is_empty() || matches!(command, Command::Close { .. });
         commands.push(command);
         drop(commands);
-        if was_empty {
+        if wake {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())
