@@ -43,14 +43,16 @@ use futures_core::Stream;
 use crate::error::Error;
 use crate::options::*;
 use crate::protocol::{
-    BasicAck, BasicCancel, BasicNack, BasicProperties, BasicReject, EncodedBasicProperties,
-    FieldTable, Method, QueueDeclareOk, ShortString,
+    BasicAck, BasicCancel, BasicNack, BasicProperties, BasicReject, FieldTable, Method,
+    QueueDeclareOk, ShortString,
 };
 use crate::reactor::handle::{lock, ChannelShared, Completion, ConsumerQueue, Received, Shared};
 pub use crate::reactor::handle::{Call, ConnectionEvent};
 use crate::reactor::{self, HandshakeInfo};
 use crate::session::requests::{self, Request};
-use crate::session::{ChannelRef, Command, Confirmation, Delivery, Reply, ReturnedMessage};
+use crate::session::{
+    ChannelRef, Command, Confirmation, Delivery, PublishProperties, Reply, ReturnedMessage,
+};
 use crate::uri::ConnectionConfig;
 
 /// An open AMQP connection: one TCP socket, one reactor thread, any number
@@ -422,7 +424,7 @@ impl Channel {
     pub(crate) fn submit_publish(
         &self,
         method: crate::protocol::BasicPublish,
-        properties: EncodedBasicProperties,
+        properties: PublishProperties,
         body: Bytes,
         confirm: Option<Arc<Completion>>,
     ) -> Result<(), Error> {
@@ -697,9 +699,9 @@ fn prepare_message(
     options: PublishOptions,
     properties: &BasicProperties,
     body: Bytes,
-) -> Result<(crate::protocol::BasicPublish, EncodedBasicProperties, Bytes), Error> {
+) -> Result<(crate::protocol::BasicPublish, PublishProperties, Bytes), Error> {
     let method = requests::basic_publish(exchange, routing_key, options)?;
-    Ok((method, EncodedBasicProperties::from(properties), body))
+    Ok((method, PublishProperties::new(properties), body))
 }
 
 /// A completion that is already complete.

@@ -133,8 +133,8 @@ impl Frame {
 
 /// Content properties as [`encode_message`] writes them into a content
 /// header: owned [`BasicProperties`], or properties encoded already
-/// ([`EncodedBasicProperties`], which is what a publish carries from the
-/// application's thread to the connection's: 40 bytes, not 456).
+/// ([`EncodedBasicProperties`], or the connection's own form of a publish's
+/// properties, encoded on the application's thread).
 pub trait EncodeProperties {
     /// Bytes the flags word and the present properties take.
     fn encoded_len(&self) -> usize;

@@ -249,10 +249,10 @@ proptest! {
         data in proptest::collection::vec(any::<u8>(), 0..2048),
         body_len in 0usize..1200,
         frame_max in prop_oneof![Just(4096u32), 9u32..600],
-        encoded in any::<bool>(),
+        form in 0u8..3,
     ) {
-        // Staged on the stack or written field by field, split or not, from
-        // owned or encoded properties: the same bytes as frame by frame.
+        // Split or not, from owned properties, encoded ones, or a publish's
+        // (inline or not): the same bytes as frame by frame.
         let mut u = Unstructured::new(&data);
         let (Ok(publish), Ok(properties)) =
             (BasicPublish::arbitrary(&mut u), BasicProperties::arbitrary(&mut u))
@@ -262,11 +262,16 @@ proptest! {
         let method = Method::BasicPublish(publish);
         let body: Vec<u8> = (0..body_len).map(|i| i as u8).collect();
         let mut together = BytesMut::new();
-        if encoded {
-            let properties = EncodedBasicProperties::from(&properties);
-            encode_message(3, &method, &properties, &body, frame_max, &mut together);
-        } else {
-            encode_message(3, &method, &properties, &body, frame_max, &mut together);
+        match form {
+            0 => encode_message(3, &method, &properties, &body, frame_max, &mut together),
+            1 => {
+                let properties = EncodedBasicProperties::from(&properties);
+                encode_message(3, &method, &properties, &body, frame_max, &mut together);
+            }
+            _ => {
+                let properties = crate::session::PublishProperties::new(&properties);
+                encode_message(3, &method, &properties, &body, frame_max, &mut together);
+            }
         }
         let mut apart = BytesMut::new();
         Frame::Method { channel: 3, method: method.clone() }.encode(&mut apart);

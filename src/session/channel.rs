@@ -11,13 +11,13 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{Bytes, BytesMut};
 
-use super::content::{Assembled, Assembly, ContentMethod, ReturnedMessage};
+use super::content::{Assembled, Assembly, ContentMethod, PublishProperties, ReturnedMessage};
 use super::recovery::Topology;
 use super::{Confirmation, Event, Reply};
 use crate::error::Error;
 use crate::protocol::{
-    encode_message, BasicCancelOk, BasicPublish, ChannelCloseOk, ChannelFlowOk,
-    EncodedBasicProperties, Frame, Method, ReplyCode, ShortString,
+    encode_message, BasicCancelOk, BasicPublish, ChannelCloseOk, ChannelFlowOk, Frame, Method,
+    ReplyCode, ShortString,
 };
 
 /// Where a channel writes: the connection's outgoing bytes and event queue,
@@ -92,7 +92,7 @@ enum Queued<R, C> {
     },
     Publish {
         method: BasicPublish,
-        properties: EncodedBasicProperties,
+        properties: PublishProperties,
         body: Bytes,
         confirm: Option<R>,
     },
@@ -234,7 +234,7 @@ impl<R, C: Clone> Channel<R, C> {
     pub(super) fn publish(
         &mut self,
         method: BasicPublish,
-        properties: EncodedBasicProperties,
+        properties: PublishProperties,
         body: Bytes,
         confirm: Option<R>,
         out: &mut Output<R, C>,
@@ -310,7 +310,7 @@ impl<R, C: Clone> Channel<R, C> {
     fn send_publish(
         &mut self,
         method: BasicPublish,
-        properties: &EncodedBasicProperties,
+        properties: &PublishProperties,
         body: &[u8],
         confirm: Option<R>,
         out: &mut Output<R, C>,

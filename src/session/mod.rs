@@ -32,13 +32,14 @@ pub(crate) mod tags;
 mod tests;
 
 pub(crate) use connection::Session;
+pub(crate) use content::PublishProperties;
 pub use content::{Delivery, ReturnedMessage};
 pub use recovery::RecoveryReport;
 
 use bytes::Bytes;
 
 use crate::error::Error;
-use crate::protocol::{BasicConsume, BasicPublish, EncodedBasicProperties, Method, ShortString};
+use crate::protocol::{BasicConsume, BasicPublish, Method, ShortString};
 
 /// A channel as a handle knows it: its number and which opening of that
 /// number it is, so a handle to a closed channel never reaches a later
@@ -77,7 +78,7 @@ pub(crate) enum Command<R, C> {
         channel: ChannelRef,
         method: BasicPublish,
         /// Encoded on the application's thread: a small value to move.
-        properties: EncodedBasicProperties,
+        properties: PublishProperties,
         body: Bytes,
         confirm: Option<R>,
     },
