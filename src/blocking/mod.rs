@@ -32,6 +32,7 @@
 mod wait;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,15 +43,20 @@ use crate::nonblocking;
 pub use crate::nonblocking::ConnectionEvent;
 use crate::options::*;
 use crate::protocol::{BasicProperties, FieldTable, QueueDeclareOk};
+use crate::reactor::handle::Shared;
 use crate::session::{Confirmation, Delivery, ReturnedMessage};
 use crate::uri::ConnectionConfig;
 
 /// What a blocking call that outlived `operation_timeout` reports.
 const OPERATION: &str = "blocking call (operation_timeout)";
 
-/// Waits for `future` with no time limit.
-fn wait<T>(future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-    block_on(future, None, "")
+/// Waits for `future` with no time limit, driving `connection` meanwhile
+/// when given.
+fn wait<T>(
+    future: impl Future<Output = Result<T, Error>>,
+    connection: Option<&Shared>,
+) -> Result<T, Error> {
+    block_on(future, None, "", connection)
 }
 
 /// An open AMQP connection: one TCP socket, one reactor thread, any number
@@ -70,13 +76,18 @@ impl Connection {
     /// Connects with explicit settings.
     pub fn open_with(config: ConnectionConfig) -> Result<Connection, Error> {
         let timeout = config.operation_timeout;
-        let inner = wait(nonblocking::Connection::open_with(config))?;
+        let inner = wait(nonblocking::Connection::open_with(config), None)?;
         Ok(Connection { inner, timeout })
     }
 
     /// Opens a channel on the lowest free channel number.
     pub fn open_channel(&self) -> Result<Channel, Error> {
-        let inner = block_on(self.inner.open_channel(), self.timeout, OPERATION)?;
+        let inner = block_on(
+            self.inner.open_channel(),
+            self.timeout,
+            OPERATION,
+            Some(self.inner.shared()),
+        )?;
         Ok(Channel {
             inner,
             timeout: self.timeout,
@@ -86,7 +97,7 @@ impl Connection {
     /// Closes the connection: sends connection.close, waits for close-ok (at
     /// most 5 s), then stops the reactor thread.
     pub fn close(&self) -> Result<(), Error> {
-        let result = wait(self.inner.close());
+        let result = wait(self.inner.close(), Some(self.inner.shared()));
         self.inner.join();
         result
     }
@@ -101,7 +112,12 @@ impl Connection {
     /// [`Error::Timeout`] if none came in time.
     pub fn next_event_timeout(&self, timeout: Duration) -> Result<Option<ConnectionEvent>, Error> {
         let next = async { Ok(self.inner.next_event().await) };
-        wait::block_on(next, Some(timeout), "waiting for a connection event")
+        block_on(
+            next,
+            Some(timeout),
+            "waiting for a connection event",
+            Some(self.inner.shared()),
+        )
     }
 
     /// Whether the broker has blocked publishing (a resource alarm).
@@ -120,6 +136,7 @@ impl Connection {
             self.inner.update_secret(new_secret, reason),
             self.timeout,
             OPERATION,
+            Some(self.inner.shared()),
         )
     }
 
@@ -167,6 +184,8 @@ pub struct PublishConfirm {
     /// `None` once the confirm has been taken.
     call: Option<nonblocking::Call<Confirmation>>,
     timeout: Option<Duration>,
+    /// The connection, which the waiting thread may drive.
+    shared: Arc<Shared>,
 }
 
 impl PublishConfirm {
@@ -196,7 +215,7 @@ impl PublishConfirm {
                 "this confirm was already taken".into(),
             ));
         };
-        let result = block_on(call, timeout, "publisher confirm");
+        let result = block_on(call, timeout, "publisher confirm", Some(&self.shared));
         if !matches!(result, Err(Error::Timeout { .. })) {
             self.call = None;
         }
@@ -207,7 +226,7 @@ impl PublishConfirm {
 impl Channel {
     /// Waits for `future`, at most the connection's `operation_timeout`.
     fn wait<T>(&self, future: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-        block_on(future, self.timeout, OPERATION)
+        block_on(future, self.timeout, OPERATION, Some(self.inner.shared()))
     }
 
     /// The channel number.
@@ -348,7 +367,12 @@ impl Channel {
         let future = self
             .inner
             .basic_publish(exchange, routing_key, options, properties, body);
-        block_on(future, Some(timeout), "basic.publish")
+        block_on(
+            future,
+            Some(timeout),
+            "basic.publish",
+            Some(self.inner.shared()),
+        )
     }
 
     /// Publishes a message on a channel in confirm mode and returns a handle
@@ -371,6 +395,7 @@ impl Channel {
         Ok(PublishConfirm {
             call: Some(call),
             timeout: self.timeout,
+            shared: self.inner.shared().clone(),
         })
     }
 
@@ -522,13 +547,14 @@ impl Consumer {
     /// The next delivery, waiting as long as it takes. `Ok(None)` once the
     /// consumer has ended normally.
     pub fn recv(&self) -> Result<Option<Delivery>, Error> {
-        wait(self.inner.recv())
+        wait(self.inner.recv(), Some(self.inner.shared()))
     }
 
     /// The next delivery, waiting at most `timeout`. `Ok(None)` on timeout
     /// or once the consumer has ended normally.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery>, Error> {
-        match block_on(self.inner.recv(), Some(timeout), "recv") {
+        let connection = Some(&**self.inner.shared());
+        match block_on(self.inner.recv(), Some(timeout), "recv", connection) {
             Err(Error::Timeout {
                 operation: "recv", ..
             }) => Ok(None),
@@ -539,7 +565,7 @@ impl Consumer {
     /// Cancels the consumer (basic.cancel) and waits for cancel-ok. Messages
     /// already buffered can still be received afterwards.
     pub fn cancel(&self) -> Result<(), Error> {
-        wait(self.inner.cancel())
+        wait(self.inner.cancel(), Some(self.inner.shared()))
     }
 
     /// Whether the consumer has ended and everything it buffered was taken:

@@ -65,6 +65,12 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The connection's shared state (for the blocking facade, whose
+    /// waiting threads may drive the connection).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Connects to the broker at `uri` (`amqp://user:pass@host:port/vhost?heartbeat=..`).
     pub async fn open(uri: &str) -> Result<Connection, Error> {
         Self::open_with(ConnectionConfig::from_uri(uri)?).await
@@ -243,6 +249,12 @@ pub struct Channel {
 }
 
 impl Channel {
+    /// The connection's shared state (for the blocking facade, whose
+    /// waiting threads may drive the connection).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The channel number.
     pub fn id(&self) -> u16 {
         self.channel.id
@@ -742,6 +754,12 @@ pub struct Consumer {
 }
 
 impl Consumer {
+    /// The connection's shared state (for the blocking facade, whose
+    /// waiting threads may drive the connection).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// The consumer tag (the first one, for a consumer of several queues).
     pub fn tag(&self) -> &str {
         self.tags[0].as_str().unwrap_or_default()

@@ -303,6 +303,8 @@ pub(crate) struct Shared {
     events: Mutex<EventQueue>,
     /// What the handshake negotiated, for the opener.
     pub(crate) info: Mutex<Option<super::HandshakeInfo>>,
+    /// The reactor, and who drives it now (see `reactor::lead`).
+    pub(crate) lead: super::lead::Leadership,
 }
 
 impl Shared {
@@ -318,6 +320,7 @@ impl Shared {
             channels: Mutex::new(HashMap::new()),
             events: Mutex::new(EventQueue::default()),
             info: Mutex::new(None),
+            lead: Default::default(),
         }
     }
 
@@ -399,6 +402,11 @@ impl Shared {
     /// Makes the reactor's next wait return at once (reactor side).
     pub(crate) fn wake_reactor(&self) {
         let _ = self.waker.wake();
+    }
+
+    /// Whether commands wait for the reactor.
+    pub(crate) fn has_commands(&self) -> bool {
+        !lock(&self.commands).is_empty()
     }
 
     /// Takes every queued command (reactor side).

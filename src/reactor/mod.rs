@@ -7,8 +7,15 @@
 //! events to the waiting handles (deliveries in one batch per consumer); and
 //! write everything produced in the turn with as few writes as the socket
 //! allows.
+//!
+//! The reactor thread runs these turns whenever no blocking caller does: a
+//! caller about to park for its result drives the turns itself until the
+//! result is in (leader/follower, see `lead`).
 
 pub(crate) mod handle;
+mod lead;
+
+pub(crate) use self::lead::Lead;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
@@ -77,7 +84,7 @@ pub(crate) fn start(config: ConnectionConfig) -> Result<Starting, Error> {
                 )?)
             });
             match opened {
-                Ok(reactor) => reactor.run(),
+                Ok(reactor) => Reactor::run(&thread_shared, reactor),
                 Err(e) => {
                     *lock(&thread_shared.closed) = Some(e.clone());
                     thread_handshake.complete(Err(e));
@@ -127,6 +134,9 @@ type Recorded = Topology<Arc<ConsumerQueue>>;
 struct Reactor {
     config: ConnectionConfig,
     poll: Poll,
+    events: Events,
+    /// When the session closed, if it did: the final flush's start.
+    closed_at: Option<Instant>,
     socket: TcpStream,
     session: Session<Arc<Completion>, Arc<ConsumerQueue>>,
     shared: Arc<Shared>,
@@ -161,6 +171,8 @@ impl Reactor {
             session: Session::new(config.clone(), Instant::now()),
             config,
             poll,
+            events: Events::with_capacity(16),
+            closed_at: None,
             socket,
             shared,
             connected: Some(connected),
@@ -175,78 +187,96 @@ impl Reactor {
         })
     }
 
-    /// Drives sessions until the connection is over: the first, and with
-    /// recovery on, each one that replaces a lost one.
-    fn run(mut self) {
+    /// The reactor thread: drives sessions until the connection is over
+    /// (the first, and with recovery on, each one that replaces a lost
+    /// one), sharing the driving with blocking callers.
+    fn run(shared: &Shared, reactor: Self) {
+        let mut guard = shared.lead.install(reactor);
         loop {
-            self.drive();
-            self.dispatch();
-            let Some(topology) = self.session.take_recovery() else {
+            guard = shared.drive_until_finished(Some(guard));
+            let reactor = guard.as_mut().expect("installed above");
+            reactor.dispatch();
+            let Some(topology) = reactor.session.take_recovery() else {
                 break;
             };
-            if !self.reconnect(topology) {
+            if !reactor.reconnect(topology) {
                 break;
             }
         }
-        self.dispatch();
-        self.shutdown();
+        let mut reactor = shared.retire(guard);
+        reactor.dispatch();
+        reactor.shutdown();
     }
 
-    /// Runs the event loop until the session is closed (and flushed).
-    fn drive(&mut self) {
-        let mut events = Events::with_capacity(16);
-        // When the session closed with output still unwritten: the socket gets
-        // a little while to take it, not forever (a stalled peer).
-        let mut closed_at: Option<Instant> = None;
-        loop {
-            self.flush();
-            self.dispatch();
-            if self.session.is_closed() {
-                let since = *closed_at.get_or_insert_with(Instant::now);
-                if self.session.poll_transmit().is_none() || since.elapsed() >= FINAL_FLUSH {
-                    break;
-                }
-            }
-            let deadline = match closed_at {
-                Some(since) => Some(since + FINAL_FLUSH),
-                None => self.session.poll_timeout(),
-            };
-            let timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+    /// Whether a blocking caller may drive: the connection is open and not
+    /// recovering (everything else is the reactor thread's).
+    fn may_lead(&self) -> bool {
+        self.session.is_open() && !self.recovering
+    }
+
+    /// Whether the session is closed and its last output written (or the
+    /// socket had its while to take it: a stalled peer).
+    fn finished(&mut self) -> bool {
+        if !self.session.is_closed() {
+            return false;
+        }
+        let since = *self.closed_at.get_or_insert_with(Instant::now);
+        self.session.poll_transmit().is_none() || since.elapsed() >= FINAL_FLUSH
+    }
+
+    /// Writes what is pending and hands the session's events out.
+    fn settle(&mut self) {
+        self.flush();
+        self.dispatch();
+    }
+
+    /// One turn of the event loop: waits for the socket, the waker or the
+    /// session's next deadline (and at most `max_wait`), takes what came in
+    /// and every queued command, fires timers, then settles.
+    fn turn(&mut self, max_wait: Option<Duration>) {
+        let deadline = match self.closed_at {
+            Some(since) => Some(since + FINAL_FLUSH),
+            None => self.session.poll_timeout(),
+        };
+        let mut timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
+        if let Some(max) = max_wait {
+            timeout = Some(timeout.map_or(max, |t| t.min(max)));
+        }
+        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
                 self.session.handle_eof(Some(e), Instant::now());
-                continue;
             }
-            let now = Instant::now();
-            let mut readable = false;
-            let mut hung_up = false;
-            for event in events.iter().filter(|e| e.token() == SOCKET) {
-                readable |= event.is_readable() || event.is_read_closed() || event.is_error();
-                hung_up |= event.is_read_closed() || event.is_error();
+            self.settle();
+            return;
+        }
+        let now = Instant::now();
+        let mut readable = false;
+        let mut hung_up = false;
+        for event in self.events.iter().filter(|e| e.token() == SOCKET) {
+            readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+            hung_up |= event.is_read_closed() || event.is_error();
+        }
+        if readable {
+            self.read(now, hung_up);
+        }
+        if self.session.is_closed() {
+            // Nothing more to do but flush.
+        } else if self.recovering {
+            // Commands wait for the replay, except a close.
+            if let Some(reply) = self.shared.take_close_request() {
+                self.close_while_recovering(reply, now);
             }
-            if readable {
-                self.read(now, hung_up);
-            }
-            if self.session.is_closed() {
-                // Nothing more to do but flush.
-            } else if self.recovering {
-                // Commands wait for the replay, except a close.
-                if let Some(reply) = self.shared.take_close_request() {
-                    self.close_while_recovering(reply, now);
-                }
-            } else {
-                self.shared.take_commands(&mut self.commands);
-                coalesce_acks(&mut self.commands);
-                for command in self.commands.drain(..) {
-                    self.session.handle_command(command, now);
-                }
-            }
-            if self.session.poll_timeout().is_some_and(|t| t <= now) {
-                self.session.handle_timeout(now);
+        } else {
+            self.shared.take_commands(&mut self.commands);
+            coalesce_acks(&mut self.commands);
+            for command in self.commands.drain(..) {
+                self.session.handle_command(command, now);
             }
         }
+        if self.session.poll_timeout().is_some_and(|t| t <= now) {
+            self.session.handle_timeout(now);
+        }
+        self.settle();
     }
 
     /// The application closed the connection during a recovery: an orderly
@@ -346,6 +376,7 @@ impl Reactor {
             .registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
         self.socket = socket;
+        self.closed_at = None;
         self.read_buf.clear();
         self.read_window = MIN_READ_WINDOW;
         self.writable_interest = false;
@@ -575,7 +606,7 @@ impl Reactor {
 
     /// After the session closed: every handle learns why, and commands that
     /// raced with the close fail with the same error.
-    fn shutdown(mut self) {
+    fn shutdown(&mut self) {
         let error = self
             .final_error
             .take()

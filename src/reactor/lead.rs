@@ -1,0 +1,287 @@
+//! Who drives a connection's I/O: leader/follower.
+//!
+//! The reactor (socket, poll, session) sits behind one lock, and whoever
+//! holds it drives: waits in `poll`, reads, runs the session, writes and
+//! hands results out. Usually that is the connection's reactor thread. But
+//! a blocking caller about to park for its result (a consumer whose buffer
+//! ran dry, a publisher waiting for a confirm) takes the lock instead and
+//! drives the connection itself until its result is in. The bytes it waits
+//! for then wake the thread that wants them: one thread switch per wait,
+//! not the two of a hand-off between the reactor thread and the caller.
+//!
+//! The rules:
+//! - A caller leads only while the connection is open and not recovering;
+//!   the handshake, closing and recovery stay with the reactor thread.
+//! - A caller that finds the lock taken parks as a follower: the leader's
+//!   turns complete its result. It is recorded as waiting, and woken when
+//!   the lead is let go; if the reactor thread leads, it is asked to hand
+//!   over (through the poll's waker).
+//! - A caller lets go as soon as its own result is in, without waking the
+//!   reactor thread. The reactor thread checks every
+//!   [`HANDBACK_INTERVAL`]: when no caller took the lead or waited in poll
+//!   for a whole interval, it takes the lead back. So after a caller leaves,
+//!   the connection is undriven for at most about two intervals; commands
+//!   queued then go out when the next blocking call leads, or at the latest
+//!   when the reactor thread takes over. A caller that leaves with commands
+//!   queued, or with the connection closing, wakes the reactor thread at
+//!   once.
+//! - While a caller sits in one long wait (an idle consumer), the reactor
+//!   thread sleeps until that caller lets go, rather than every interval.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use super::handle::{lock, Shared};
+use super::Reactor;
+
+/// How often the reactor thread looks whether the callers left the
+/// connection undriven.
+const HANDBACK_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Nobody drives the connection.
+const NOBODY: u8 = 0;
+/// The reactor thread drives and hands over when a caller asks.
+const REACTOR_THREAD: u8 = 1;
+/// A blocking caller drives until its result is in.
+const CALLER: u8 = 2;
+/// The reactor thread runs the connection's lifecycle (closing,
+/// reconnecting) and keeps the lead.
+const LIFECYCLE: u8 = 3;
+
+/// The lock on the reactor, held by whoever drives the connection.
+pub(super) type ReactorGuard<'a> = MutexGuard<'a, Option<Reactor>>;
+
+/// The state of the lead, shared by a connection's handles and its reactor
+/// thread (part of [`Shared`]).
+pub(crate) struct Leadership {
+    /// The reactor; `None` before it is built and after it shut down.
+    reactor: Mutex<Option<Reactor>>,
+    /// Who holds `reactor` (one of the constants above).
+    leader: AtomicU8,
+    /// Bumped each time a caller takes the lead or waits in poll: the
+    /// reactor thread reads an unchanged value as "no caller drives".
+    activity: AtomicU64,
+    /// Callers that found the lead taken and want it when it is free.
+    waiting: Mutex<Vec<Thread>>,
+    /// A caller asked the reactor thread to hand over the lead.
+    handover_wanted: AtomicBool,
+    /// A caller left the connection needing the reactor thread at once.
+    reactor_needed: AtomicBool,
+    /// The reactor thread sleeps until the leading caller lets go.
+    reactor_parked: AtomicBool,
+    reactor_thread: OnceLock<Thread>,
+}
+
+/// What [`Shared::lead`] did.
+pub(crate) enum Lead {
+    /// This thread drove the connection, until its wait was over, its
+    /// deadline passed or the connection needed its reactor thread.
+    Led,
+    /// Another thread drives: park until woken (by the result, or when the
+    /// lead is free).
+    Busy,
+    /// The lead looked free a moment ago: try again at once.
+    Retry,
+}
+
+impl Default for Leadership {
+    fn default() -> Self {
+        Leadership {
+            reactor: Mutex::new(None),
+            leader: AtomicU8::new(NOBODY),
+            activity: AtomicU64::new(0),
+            waiting: Mutex::new(Vec::new()),
+            handover_wanted: AtomicBool::new(false),
+            reactor_needed: AtomicBool::new(false),
+            reactor_parked: AtomicBool::new(false),
+            reactor_thread: OnceLock::new(),
+        }
+    }
+}
+
+impl Leadership {
+    /// Installs the reactor, on the reactor thread, which holds the lead
+    /// from here.
+    pub(super) fn install(&self, reactor: Reactor) -> ReactorGuard<'_> {
+        let _ = self.reactor_thread.set(std::thread::current());
+        self.leader.store(LIFECYCLE, Ordering::SeqCst);
+        let mut guard = lock(&self.reactor);
+        *guard = Some(reactor);
+        guard
+    }
+
+    fn try_take(&self) -> Option<ReactorGuard<'_>> {
+        match self.reactor.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Lets go of the lead and wakes the callers that wanted it.
+    fn release(&self, guard: ReactorGuard<'_>) {
+        self.leader.store(NOBODY, Ordering::SeqCst);
+        drop(guard);
+        let waiting = std::mem::take(&mut *lock(&self.waiting));
+        for thread in waiting {
+            thread.unpark();
+        }
+    }
+
+    fn wake_reactor_thread(&self) {
+        if let Some(thread) = self.reactor_thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+impl Shared {
+    /// A blocking caller whose result is not in yet: drives the connection
+    /// on this thread until `done` returns true, `deadline` passes or the
+    /// connection needs its reactor thread (see the module docs).
+    pub(crate) fn lead(&self, deadline: Option<Instant>, done: &mut dyn FnMut() -> bool) -> Lead {
+        let lead = &self.lead;
+        let Some(mut guard) = lead.try_take() else {
+            return self.ask_for_lead();
+        };
+        let Some(reactor) = guard.as_mut().filter(|r| r.may_lead()) else {
+            // Not open yet, closing, recovering or shut down: the reactor
+            // thread's business.
+            let exists = guard.is_some();
+            drop(guard);
+            if exists {
+                lead.reactor_needed.store(true, Ordering::Release);
+                lead.wake_reactor_thread();
+            }
+            return Lead::Busy;
+        };
+        lead.leader.store(CALLER, Ordering::SeqCst);
+        lead.activity.fetch_add(1, Ordering::AcqRel);
+        reactor.settle();
+        loop {
+            if done() || !reactor.may_lead() {
+                break;
+            }
+            let max_wait = match deadline {
+                None => None,
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    Some(deadline - now)
+                }
+            };
+            lead.activity.fetch_add(1, Ordering::AcqRel);
+            reactor.turn(max_wait);
+        }
+        let needs_reactor = !reactor.may_lead();
+        lead.release(guard);
+        // Commands queued after this thread's last turn would wait for
+        // the next leader: let the reactor thread send them now.
+        if needs_reactor || self.has_commands() {
+            lead.reactor_needed.store(true, Ordering::Release);
+            lead.wake_reactor_thread();
+        } else if lead.reactor_parked.load(Ordering::SeqCst) {
+            lead.wake_reactor_thread();
+        }
+        Lead::Led
+    }
+
+    /// The lead is taken: records this thread as wanting it, and asks the
+    /// reactor thread to hand over if it is the one leading.
+    fn ask_for_lead(&self) -> Lead {
+        let lead = &self.lead;
+        let me = std::thread::current();
+        {
+            let mut waiting = lock(&lead.waiting);
+            if !waiting.iter().any(|t| t.id() == me.id()) {
+                waiting.push(me);
+            }
+        }
+        match lead.leader.load(Ordering::SeqCst) {
+            // Let go since the lock was tried (and maybe before this
+            // thread was recorded): nobody would wake it.
+            NOBODY => Lead::Retry,
+            REACTOR_THREAD => {
+                lead.handover_wanted.store(true, Ordering::Release);
+                self.wake_reactor();
+                Lead::Busy
+            }
+            _ => Lead::Busy,
+        }
+    }
+
+    /// The reactor thread's part: drives the connection whenever no caller
+    /// does, until its session is finished (closed and flushed). Returns
+    /// with the lead held, for the lifecycle (recovery or shutdown).
+    pub(super) fn drive_until_finished<'a>(
+        &'a self,
+        mut held: Option<ReactorGuard<'a>>,
+    ) -> ReactorGuard<'a> {
+        let lead = &self.lead;
+        let mut seen = lead.activity.load(Ordering::Acquire);
+        loop {
+            if let Some(mut guard) = held.take().or_else(|| lead.try_take()) {
+                let reactor = guard.as_mut().expect("the reactor shuts down only here");
+                lead.leader.store(REACTOR_THREAD, Ordering::SeqCst);
+                reactor.settle();
+                loop {
+                    if reactor.finished() {
+                        lead.leader.store(LIFECYCLE, Ordering::SeqCst);
+                        return guard;
+                    }
+                    if reactor.may_lead() && lead.handover_wanted.swap(false, Ordering::AcqRel) {
+                        break;
+                    }
+                    reactor.turn(None);
+                }
+                lead.release(guard);
+                seen = lead.activity.load(Ordering::Acquire);
+            }
+            self.wait_while_callers_lead(&mut seen);
+        }
+    }
+
+    /// The reactor thread, not leading: returns when it should try to take
+    /// the lead back.
+    fn wait_while_callers_lead(&self, seen: &mut u64) {
+        let lead = &self.lead;
+        loop {
+            std::thread::park_timeout(HANDBACK_INTERVAL);
+            if lead.reactor_needed.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            let activity = lead.activity.load(Ordering::Acquire);
+            if activity != *seen {
+                // A caller drove during the interval: leave it the lead.
+                *seen = activity;
+                continue;
+            }
+            if lead.leader.load(Ordering::SeqCst) != CALLER {
+                return;
+            }
+            // One caller sat in one wait for the whole interval (an idle
+            // consumer): sleep until it lets go.
+            lead.reactor_parked.store(true, Ordering::SeqCst);
+            if lead.leader.load(Ordering::SeqCst) == CALLER
+                && lead.activity.load(Ordering::Acquire) == activity
+                && !lead.reactor_needed.load(Ordering::Acquire)
+            {
+                std::thread::park();
+            }
+            lead.reactor_parked.store(false, Ordering::SeqCst);
+            *seen = lead.activity.load(Ordering::Acquire);
+            return;
+        }
+    }
+
+    /// Takes the reactor out for good (the connection is over).
+    pub(super) fn retire(&self, mut guard: ReactorGuard<'_>) -> Reactor {
+        let reactor = guard.take().expect("retired once");
+        self.lead.release(guard);
+        reactor
+    }
+}
