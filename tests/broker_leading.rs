@@ -199,7 +199,7 @@ fn what_a_caller_queued_before_it_stopped_calling_still_goes_out() {
     };
     let inbox_state = eventually(Duration::from_secs(2), || {
         let ok = probe
-            .queue_declare(&inbox, options.clone(), FieldTable::new())
+            .queue_declare(&inbox, options, FieldTable::new())
             .unwrap();
         (ok.message_count == 0).then_some(ok)
     });
