@@ -18,9 +18,10 @@
 //!   over (through the poll's waker).
 //! - A caller lets go as soon as its own result is in, without waking the
 //!   reactor thread. The reactor thread checks every
-//!   [`HANDBACK_INTERVAL`]: when no caller took the lead or waited in poll
-//!   for a whole interval, it takes the lead back. So after a caller leaves,
-//!   the connection is undriven for at most about two intervals; commands
+//!   [`HANDBACK_INTERVAL`] (up to [`MAX_HANDBACK_INTERVAL`] while callers
+//!   keep driving): when no caller took the lead or waited in poll for a
+//!   whole interval, it takes the lead back. So after a caller leaves, the
+//!   connection is undriven for at most about two intervals; commands
 //!   queued then go out when the next blocking call leads, or at the latest
 //!   when the reactor thread takes over. A caller that leaves with commands
 //!   queued, or with the connection closing, wakes the reactor thread at
@@ -37,8 +38,11 @@ use super::handle::{lock, Shared};
 use super::Reactor;
 
 /// How often the reactor thread looks whether the callers left the
-/// connection undriven.
+/// connection undriven, at first; while callers keep driving, the interval
+/// doubles up to [`MAX_HANDBACK_INTERVAL`].
 const HANDBACK_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest interval between the reactor thread's looks.
+const MAX_HANDBACK_INTERVAL: Duration = Duration::from_millis(4);
 
 /// Nobody drives the connection.
 const NOBODY: u8 = 0;
@@ -249,8 +253,9 @@ impl Shared {
     /// the lead back.
     fn wait_while_callers_lead(&self, seen: &mut u64) {
         let lead = &self.lead;
+        let mut interval = HANDBACK_INTERVAL;
         loop {
-            std::thread::park_timeout(HANDBACK_INTERVAL);
+            std::thread::park_timeout(interval);
             if lead.reactor_needed.swap(false, Ordering::AcqRel) {
                 return;
             }
@@ -258,6 +263,7 @@ impl Shared {
             if activity != *seen {
                 // A caller drove during the interval: leave it the lead.
                 *seen = activity;
+                interval = (interval * 2).min(MAX_HANDBACK_INTERVAL);
                 continue;
             }
             if lead.leader.load(Ordering::SeqCst) != CALLER {
