@@ -127,6 +127,90 @@ fn many_threads_waiting_on_one_connection_each_get_their_results() {
     connection.close().unwrap();
 }
 
+/// Consumers whose waits time out every millisecond hand the lead back
+/// and forth thousands of times while a publisher on the same connection
+/// feeds them in bursts: each gets every message once, in order, and
+/// nobody hangs.
+#[test]
+fn callers_timing_out_every_millisecond_lose_and_repeat_nothing() {
+    let _turn = one_at_a_time();
+    const QUEUES: usize = 3;
+    const PER_QUEUE: u64 = 2_000;
+    let connection = connect();
+    let mut cleanup = Cleanup::new();
+    let queues: Vec<String> = (0..QUEUES)
+        .map(|i| cleanup.queue(unique(&format!("leading.timeouts.{i}"))))
+        .collect();
+    let setup = connection.open_channel().unwrap();
+    for queue in &queues {
+        setup
+            .queue_declare(queue, durable_enough(), FieldTable::new())
+            .unwrap();
+    }
+    let timeouts = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for queue in &queues {
+            let (connection, timeouts) = (&connection, &timeouts);
+            scope.spawn(move || {
+                let channel = connection.open_channel().unwrap();
+                channel.basic_qos(20, false).unwrap();
+                let consumer = channel
+                    .basic_consume(queue, "", ConsumeOptions::default(), FieldTable::new())
+                    .unwrap();
+                let started = Instant::now();
+                let mut next = 0u64;
+                while next < PER_QUEUE {
+                    match consumer.recv_timeout(Duration::from_millis(1)).unwrap() {
+                        Some(delivery) => {
+                            assert_eq!(
+                                delivery.body,
+                                next.to_string().as_bytes(),
+                                "{queue}: message {next} out of order, lost or repeated"
+                            );
+                            channel.basic_ack(delivery.delivery_tag, false).unwrap();
+                            next += 1;
+                        }
+                        None => {
+                            timeouts.fetch_add(1, Ordering::Relaxed);
+                            assert!(
+                                started.elapsed() < Duration::from_secs(60),
+                                "{queue}: stuck at message {next}"
+                            );
+                        }
+                    }
+                }
+            });
+        }
+        let (connection, queues) = (&connection, &queues);
+        scope.spawn(move || {
+            let channel = connection.open_channel().unwrap();
+            for n in 0..PER_QUEUE {
+                for queue in queues {
+                    channel
+                        .basic_publish(
+                            "",
+                            queue,
+                            PublishOptions::default(),
+                            BasicProperties::default(),
+                            n.to_string(),
+                        )
+                        .unwrap();
+                }
+                if n % 200 == 199 {
+                    // A pause, so the consumers run dry and time out.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+    });
+    eprintln!(
+        "{} waits timed out while {} messages arrived",
+        timeouts.load(Ordering::Relaxed),
+        PER_QUEUE * QUEUES as u64
+    );
+    connection.close().unwrap();
+}
+
 /// A thread that drove the connection for its consumer, then published
 /// and stopped calling: the publish still goes out (the reactor thread
 /// takes the lead back), and a second consumer on the connection still

@@ -1,9 +1,12 @@
-//! The blocking API: every call waits for its answer on the calling thread,
-//! while the connection's reactor thread does the I/O.
+//! The blocking API: every call waits for its answer on the calling thread.
 //!
-//! Each type wraps its [`crate::nonblocking`] counterpart and waits by
-//! parking the thread until the reactor wakes it (`blocking/wait.rs`); no protocol
-//! logic lives here.
+//! Each type wraps its [`crate::nonblocking`] counterpart and waits on its
+//! future (`blocking/wait.rs`); no protocol logic lives here. While it
+//! waits, the calling thread drives the connection's I/O itself if no other
+//! thread does (leader/follower: a consumer whose buffer ran dry reads the
+//! socket, so its deliveries wake it directly), and otherwise parks until
+//! the driving thread hands it its result. The connection's reactor thread
+//! drives whenever no caller does.
 //!
 //! [`Connection`], [`Channel`] and [`Consumer`] are `Send + Sync`: share them
 //! across threads by reference or in an `Arc`. Calls on one channel are
