@@ -141,7 +141,10 @@ struct Reactor {
     session: Session<Arc<Completion>, Arc<ConsumerQueue>>,
     shared: Arc<Shared>,
     connected: Option<Arc<Completion>>,
+    /// The bytes read: its first `read_len` are unread by the session; past
+    /// them, room earlier reads already initialised.
     read_buf: BytesMut,
+    read_len: usize,
     /// How many bytes the next read is offered (adapts to what reads return).
     read_window: usize,
     commands: Vec<Cmd>,
@@ -177,6 +180,7 @@ impl Reactor {
             shared,
             connected: Some(connected),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
+            read_len: 0,
             read_window: MIN_READ_WINDOW,
             commands: Vec::new(),
             deliveries: Vec::new(),
@@ -378,6 +382,7 @@ impl Reactor {
         self.socket = socket;
         self.closed_at = None;
         self.read_buf.clear();
+        self.read_len = 0;
         self.read_window = MIN_READ_WINDOW;
         self.writable_interest = false;
         Ok(())
@@ -390,26 +395,30 @@ impl Reactor {
     fn read(&mut self, now: Instant, hung_up: bool) {
         let mut got_any = false;
         loop {
-            let len = self.read_buf.len();
+            let len = self.read_len;
             if self.read_buf.capacity() - len < READ_CHUNK / 2 {
+                // Only the unread bytes move to the new block.
+                self.read_buf.truncate(len);
                 self.read_buf.reserve(READ_CHUNK);
             }
-            // Offer the socket a window sized from recent reads: the window
-            // must be initialised (zeroed) first, and zeroing 128 KiB for a
-            // 2 KiB read would cost more than the read.
+            // Offer the socket a window sized from recent reads. A read needs
+            // initialised bytes: only the part of the window no earlier read
+            // reached is zeroed (`resize` writes past the buffer's length
+            // only), so each byte of a block is zeroed once, not once per read.
             let spare = (self.read_buf.capacity() - len).min(self.read_window);
-            self.read_buf.resize(len + spare, 0);
-            match self.socket.read(&mut self.read_buf[len..]) {
+            if self.read_buf.len() < len + spare {
+                self.read_buf.resize(len + spare, 0);
+            }
+            match self.socket.read(&mut self.read_buf[len..len + spare]) {
                 Ok(0) => {
-                    self.read_buf.truncate(len);
                     if got_any {
-                        self.session.handle_bytes(&mut self.read_buf, now);
+                        self.take_frames(now);
                     }
                     self.session.handle_eof(None, now);
                     return;
                 }
                 Ok(n) => {
-                    self.read_buf.truncate(len + n);
+                    self.read_len += n;
                     got_any = true;
                     if n < spare {
                         if n < self.read_window / 4 {
@@ -424,15 +433,11 @@ impl Reactor {
                     }
                     self.read_window = (self.read_window * 2).min(READ_CHUNK);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_buf.truncate(len);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.read_buf.truncate(len),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.read_buf.truncate(len);
                     if got_any {
-                        self.session.handle_bytes(&mut self.read_buf, now);
+                        self.take_frames(now);
                     }
                     self.session.handle_eof(Some(e), now);
                     return;
@@ -440,8 +445,20 @@ impl Reactor {
             }
         }
         if got_any {
-            self.session.handle_bytes(&mut self.read_buf, now);
+            self.take_frames(now);
         }
+    }
+
+    /// Hands the unread bytes to the session, which takes every complete
+    /// frame; the rest (a partial frame) stays at the front of the buffer,
+    /// joined again with the already-initialised room behind it.
+    fn take_frames(&mut self, now: Instant) {
+        let mut unread = self.read_buf.split_to(self.read_len);
+        self.session.handle_bytes(&mut unread, now);
+        self.read_len = unread.len();
+        // Contiguous halves of one block: joined without a copy.
+        unread.unsplit(std::mem::take(&mut self.read_buf));
+        self.read_buf = unread;
     }
 
     /// Writes what the session produced, until done or the socket is full.
