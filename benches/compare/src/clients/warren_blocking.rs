@@ -2,7 +2,8 @@
 //! confirms through `basic_publish_confirmed` handles, waiting for the
 //! oldest once 1000 are outstanding; consumes with `Consumer::recv`, and for
 //! many-queues with one thread draining one `basic_consume_many` consumer of
-//! every queue, on one channel.
+//! every queue, on one channel (each queue's consumer with prefetch 1000, as
+//! the peers' one channel per queue).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -14,9 +15,6 @@ use warren::protocol::{BasicProperties, FieldTable};
 
 use crate::worker::{ack_now, Job, Signal};
 use crate::{Res, Scenario, CONFIRM_WINDOW, PREFETCH};
-
-/// Many-queues: how many channels (and threads) the queues are spread over.
-const GROUPS: usize = 4;
 
 pub fn run(job: &Job, signal: &mut Signal) -> Res {
     let connection = Connection::open(&job.uri)?;
@@ -84,59 +82,29 @@ fn consume(connection: &Connection, job: &Job, signal: &mut Signal) -> Res {
         let consumer = start(&channel, &job.queues[0])?;
         drain(&channel, &consumer, per_queue, &counts[0])?;
     } else {
-        // The queues in GROUPS groups, each consumed by one
-        // basic_consume_many consumer on a channel of its own (the broker
-        // runs each channel in one process) and drained by one thread.
+        // One basic_consume_many consumer of every queue, on this channel,
+        // drained by this thread: while its buffer is dry the thread reads
+        // the socket itself, so no other thread is involved.
         let queues: Vec<&str> = job.queues.iter().map(String::as_str).collect();
-        let groups: Vec<Vec<usize>> = (0..GROUPS.min(queues.len()))
-            .map(|g| (g..queues.len()).step_by(GROUPS).collect())
+        let consumer =
+            channel.basic_consume_many(&queues, ConsumeOptions::default(), FieldTable::new())?;
+        let queue_of: HashMap<String, usize> = consumer
+            .tags()
+            .enumerate()
+            .map(|(queue, tag)| (tag.to_owned(), queue))
             .collect();
-        let mut channels = vec![channel];
-        for _ in 1..groups.len() {
-            let channel = connection.open_channel()?;
-            channel.basic_qos(PREFETCH, false)?;
-            channels.push(channel);
-        }
-        std::thread::scope(|scope| -> Res {
-            let threads: Vec<_> = groups
-                .iter()
-                .zip(&channels)
-                .map(|(group, channel)| {
-                    let names: Vec<&str> = group.iter().map(|&q| queues[q]).collect();
-                    let counts = &counts;
-                    scope.spawn(move || -> Res {
-                        let consumer = channel.basic_consume_many(
-                            &names,
-                            ConsumeOptions::default(),
-                            FieldTable::new(),
-                        )?;
-                        let queue_of: HashMap<String, usize> = consumer
-                            .tags()
-                            .zip(group)
-                            .map(|(tag, &queue)| (tag.to_owned(), queue))
-                            .collect();
-                        let total = per_queue * group.len() as u64;
-                        for received in 1..=total {
-                            let delivery = consumer.recv()?.ok_or("the consumer ended early")?;
-                            let tag = delivery.consumer_tag.as_str().unwrap_or_default();
-                            let queue =
-                                *queue_of.get(tag).ok_or("a delivery for an unknown tag")?;
-                            counts[queue].fetch_add(1, Ordering::Relaxed);
-                            // Deliveries on a channel come in tag order: a
-                            // multiple ack covers exactly what was received.
-                            if ack_now(received, total) {
-                                channel.basic_ack(delivery.delivery_tag, true)?;
-                            }
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for thread in threads {
-                thread.join().map_err(|_| "a consumer thread panicked")??;
+        let total = per_queue * queues.len() as u64;
+        for received in 1..=total {
+            let delivery = consumer.recv()?.ok_or("the consumer ended early")?;
+            let tag = delivery.consumer_tag.as_str().unwrap_or_default();
+            let queue = *queue_of.get(tag).ok_or("a delivery for an unknown tag")?;
+            counts[queue].fetch_add(1, Ordering::Relaxed);
+            // Deliveries on a channel come in tag order: a multiple ack
+            // covers exactly what was received.
+            if ack_now(received, total) {
+                channel.basic_ack(delivery.delivery_tag, true)?;
             }
-            Ok(())
-        })?;
+        }
     }
     signal.finish();
     Ok(())
