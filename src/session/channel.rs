@@ -901,10 +901,18 @@ fn no_wait(method: &Method) -> bool {
     }
 }
 
-/// FNV-1a over a consumer tag's bytes: a few cycles per byte, against
-/// SipHash's setup cost on every delivery.
+/// A consumer tag's hash, eight bytes at a time (FxHash's multiply and
+/// rotate): a handful of instructions for a 31-byte server-named tag,
+/// where SipHash's setup, or a byte-at-a-time hash, costs hundreds on every
+/// delivery.
 #[derive(Default)]
 pub(super) struct TagHasher(u64);
+
+impl TagHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
 
 impl Hasher for TagHasher {
     fn finish(&self) -> u64 {
@@ -912,14 +920,19 @@ impl Hasher for TagHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
         }
-        self.0 = hash;
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.mix(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
     }
 }

@@ -1273,3 +1273,23 @@ fn a_channel_close_crossing_ours_reports_the_brokers_reason_and_keeps_the_number
 // ---- automatic recovery -----------------------------------------------
 
 mod recovery;
+
+#[test]
+fn consumer_tags_that_differ_in_any_byte_hash_apart() {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    let hasher = BuildHasherDefault::<super::channel::TagHasher>::default();
+    let tags = [
+        "amq.ctag-AAAAAAAAAAAAAAAAAAAAAA",
+        "amq.ctag-AAAAAAAAAAAAAAAAAAAAAB",
+        "bmq.ctag-AAAAAAAAAAAAAAAAAAAAAA",
+        "amq.ctag-AAAAAAAAAAAAAAAAAAAAA",
+        "",
+        "a",
+        "a\0",
+    ];
+    let hashes: std::collections::HashSet<u64> = tags
+        .iter()
+        .map(|t| hasher.hash_one(ShortString::try_from(*t).unwrap()))
+        .collect();
+    assert_eq!(hashes.len(), tags.len());
+}
