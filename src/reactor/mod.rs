@@ -393,11 +393,12 @@ impl Reactor {
     /// `hung_up`: the event said the peer closed (or reset) too, so a short
     /// read is no proof the socket is drained: read on to end of file.
     fn read(&mut self, now: Instant, hung_up: bool) {
-        let mut got_any = false;
+        // Bytes read since the session last took frames.
+        let mut fresh = false;
         loop {
             let len = self.read_len;
             if self.read_buf.capacity() - len < READ_CHUNK / 2 {
-                // Only the unread bytes move to the new block.
+                // Only the unread bytes (a partial frame) move to the new block.
                 self.read_buf.truncate(len);
                 self.read_buf.reserve(READ_CHUNK);
             }
@@ -411,7 +412,7 @@ impl Reactor {
             }
             match self.socket.read(&mut self.read_buf[len..len + spare]) {
                 Ok(0) => {
-                    if got_any {
+                    if fresh {
                         self.take_frames(now);
                     }
                     self.session.handle_eof(None, now);
@@ -419,7 +420,7 @@ impl Reactor {
                 }
                 Ok(n) => {
                     self.read_len += n;
-                    got_any = true;
+                    fresh = true;
                     if n < spare {
                         if n < self.read_window / 4 {
                             self.read_window = (self.read_window / 2).max(MIN_READ_WINDOW);
@@ -432,11 +433,16 @@ impl Reactor {
                         continue;
                     }
                     self.read_window = (self.read_window * 2).min(READ_CHUNK);
+                    // A full window and more to come: the session takes its
+                    // frames now, so the buffer never holds more than a
+                    // partial frame when it needs a new block.
+                    self.take_frames(now);
+                    fresh = false;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    if got_any {
+                    if fresh {
                         self.take_frames(now);
                     }
                     self.session.handle_eof(Some(e), now);
@@ -444,7 +450,7 @@ impl Reactor {
                 }
             }
         }
-        if got_any {
+        if fresh {
             self.take_frames(now);
         }
     }
