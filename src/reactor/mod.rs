@@ -17,6 +17,7 @@ mod lead;
 
 pub(crate) use self::lead::Lead;
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
@@ -39,6 +40,16 @@ const WAKER: Token = Token(1);
 
 /// Bytes reserved for each read: one read can take many frames.
 const READ_CHUNK: usize = 128 * 1024;
+
+/// How many filled read blocks are kept to be reused once no delivery views
+/// them any more (each is `READ_CHUNK` and a bit): a consumer whose buffer
+/// holds a few blocks' worth of deliveries reads into recycled blocks, not
+/// fresh allocations (and fresh pages). Let go after [`KEEP_BLOCKS_IDLE`]
+/// without a new block.
+const RECYCLED_BLOCKS: usize = 8;
+
+/// How long filled blocks are kept for reuse when reading needs no new one.
+const KEEP_BLOCKS_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a closed connection may take to write what it has left.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -145,6 +156,11 @@ struct Reactor {
     /// them, room earlier reads already initialised.
     read_buf: BytesMut,
     read_len: usize,
+    /// Earlier read blocks, oldest first, still viewed by deliveries or
+    /// free to be reused (see [`RECYCLED_BLOCKS`]).
+    filled_blocks: VecDeque<BytesMut>,
+    /// When reading last moved to another block.
+    block_switched_at: Instant,
     /// How many bytes the next read is offered (adapts to what reads return).
     read_window: usize,
     commands: Vec<Cmd>,
@@ -181,6 +197,8 @@ impl Reactor {
             connected: Some(connected),
             read_buf: BytesMut::with_capacity(READ_CHUNK),
             read_len: 0,
+            filled_blocks: VecDeque::new(),
+            block_switched_at: Instant::now(),
             read_window: MIN_READ_WINDOW,
             commands: Vec::new(),
             deliveries: Vec::new(),
@@ -262,6 +280,11 @@ impl Reactor {
         }
         if readable {
             self.read(now, hung_up);
+        }
+        if !self.filled_blocks.is_empty()
+            && now.saturating_duration_since(self.block_switched_at) > KEEP_BLOCKS_IDLE
+        {
+            self.filled_blocks.clear();
         }
         if self.session.is_closed() {
             // Nothing more to do but flush.
@@ -398,9 +421,7 @@ impl Reactor {
         loop {
             let len = self.read_len;
             if self.read_buf.capacity() - len < READ_CHUNK / 2 {
-                // Only the unread bytes (a partial frame) move to the new block.
-                self.read_buf.truncate(len);
-                self.read_buf.reserve(READ_CHUNK);
+                self.next_block();
             }
             // Offer the socket a window sized from recent reads. A read needs
             // initialised bytes: only the part of the window no earlier read
@@ -453,6 +474,29 @@ impl Reactor {
         if fresh {
             self.take_frames(now);
         }
+    }
+
+    /// Moves reading to another block, carrying the unread bytes (at most a
+    /// partial frame) over: the oldest filled block if no delivery views it
+    /// any more, else a new one.
+    fn next_block(&mut self) {
+        let reusable = self
+            .filled_blocks
+            .iter_mut()
+            .position(|block| block.try_reclaim(READ_CHUNK + self.read_len));
+        let mut next = match reusable.and_then(|i| self.filled_blocks.remove(i)) {
+            Some(block) => block,
+            None => BytesMut::with_capacity(READ_CHUNK + self.read_len),
+        };
+        next.extend_from_slice(&self.read_buf[..self.read_len]);
+        let mut filled = std::mem::replace(&mut self.read_buf, next);
+        // An empty view that keeps the block for reuse.
+        filled.clear();
+        if self.filled_blocks.len() == RECYCLED_BLOCKS {
+            self.filled_blocks.pop_front();
+        }
+        self.filled_blocks.push_back(filled);
+        self.block_switched_at = Instant::now();
     }
 
     /// Hands the unread bytes to the session, which takes every complete
