@@ -477,9 +477,11 @@ impl Shared {
 
 /// How a [`Call`] turns the reactor's reply into its result.
 enum Parser<T> {
-    /// An RPC: the parser sees the method that was sent (for no-wait echoes).
+    /// An RPC: the parser sees the method that was sent (for no-wait
+    /// echoes). Boxed, so a `Call` (a publisher confirm's, say) moves at a
+    /// few words, not at the largest method's size.
     Rpc(
-        crate::protocol::Method,
+        Box<crate::protocol::Method>,
         fn(Reply, &crate::protocol::Method) -> Result<T, Error>,
     ),
     Plain(fn(Reply) -> Result<T, Error>),
@@ -514,7 +516,7 @@ impl<T> Call<T> {
         parse: fn(Reply, &crate::protocol::Method) -> Result<T, Error>,
     ) -> Self {
         Call {
-            state: Some(Ok((completion, Parser::Rpc(sent, parse)))),
+            state: Some(Ok((completion, Parser::Rpc(Box::new(sent), parse)))),
         }
     }
 

@@ -696,17 +696,17 @@ impl<R, C: Clone> Channel<R, C> {
             Method::BasicGetEmpty(_) => out.answer(id, handle, Ok(Reply::Get(None))),
             Method::BasicRecoverOk(_) => {
                 out.events.push_back(Event::Recovered { channel: id });
-                out.answer(id, handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
             }
             Method::ConfirmSelectOk(_) => {
                 self.confirms.get_or_insert_with(Confirms::new);
-                out.answer(id, handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
             }
             Method::BasicConsumeOk(ref ok) => {
                 if let (Some(consumer), Method::BasicConsume(_)) = (consumer, &method) {
                     self.consumers.insert(ok.consumer_tag.clone(), consumer);
                 }
-                out.answer(id, handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
             }
             Method::BasicCancelOk(ref ok) => {
                 if let Some(consumer) = self.consumers.remove(&ok.consumer_tag) {
@@ -715,9 +715,9 @@ impl<R, C: Clone> Channel<R, C> {
                         reason: Ok(()),
                     });
                 }
-                out.answer(id, handle, Ok(Reply::Method(reply)));
+                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
             }
-            reply => out.answer(id, handle, Ok(Reply::Method(reply))),
+            reply => out.answer(id, handle, Ok(Reply::Method(Box::new(reply)))),
         }
         self.pump(out);
         Ok(false)

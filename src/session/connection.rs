@@ -683,7 +683,7 @@ impl<R, C: Clone> Session<R, C> {
                     Some(reply) => {
                         self.out.done(
                             reply,
-                            Ok(Reply::Method(Method::ConnectionUpdateSecretOk(m))),
+                            Ok(Reply::Method(Box::new(Method::ConnectionUpdateSecretOk(m)))),
                         );
                         Ok(())
                     }
@@ -866,8 +866,8 @@ impl<R, C: Clone> Session<R, C> {
         };
         let topology = self.out.topology.get_or_insert_with(Topology::default);
         match result {
-            Ok(Reply::Method(Method::QueueDeclareOk(ok))) => {
-                if let Some(old) = &step.renames {
+            Ok(Reply::Method(method)) => {
+                if let (Method::QueueDeclareOk(ok), Some(old)) = (&*method, &step.renames) {
                     replay.renamed(old, &ok.queue, topology);
                 }
             }

@@ -110,8 +110,10 @@ pub(crate) enum Command<R, C> {
 pub(crate) enum Reply {
     /// The channel is open.
     ChannelOpened(ChannelRef),
-    /// The broker's answer to a synchronous method.
-    Method(Method),
+    /// The broker's answer to a synchronous method. Boxed: the largest
+    /// method is 144 bytes, and every reply (a publisher confirm on the hot
+    /// path, say) would be moved at that size.
+    Method(Box<Method>),
     /// basic.get's answer: a message with the count left in the queue, or
     /// nothing (basic.get-empty). Boxed: every other reply is smaller.
     Get(Option<Box<(Delivery, u32)>>),

@@ -25,7 +25,7 @@ pub(crate) fn short(value: &str, argument: &str) -> Result<ShortString, Error> {
     })
 }
 
-fn unexpected(reply: Reply, wanted: &str) -> Error {
+fn unexpected(reply: impl std::fmt::Debug, wanted: &str) -> Error {
     Error::InvalidArgument(format!("expected {wanted}, the broker answered {reply:?}"))
 }
 
@@ -38,8 +38,11 @@ fn done(reply: Reply, _: &Method) -> Result<(), Error> {
 
 fn message_count(reply: Reply, _: &Method) -> Result<u32, Error> {
     match reply {
-        Reply::Method(Method::QueuePurgeOk(m)) => Ok(m.message_count),
-        Reply::Method(Method::QueueDeleteOk(m)) => Ok(m.message_count),
+        Reply::Method(method) => match *method {
+            Method::QueuePurgeOk(m) => Ok(m.message_count),
+            Method::QueueDeleteOk(m) => Ok(m.message_count),
+            other => Err(unexpected(other, "a message count")),
+        },
         Reply::Sent => Ok(0),
         other => Err(unexpected(other, "a message count")),
     }
@@ -154,7 +157,10 @@ pub(crate) fn queue_declare(
             arguments,
         }),
         parse: |reply, sent| match (reply, sent) {
-            (Reply::Method(Method::QueueDeclareOk(ok)), _) => Ok(ok),
+            (Reply::Method(method), _) => match *method {
+                Method::QueueDeclareOk(ok) => Ok(ok),
+                other => Err(unexpected(other, "queue.declare-ok")),
+            },
             (Reply::Sent, Method::QueueDeclare(d)) => Ok(QueueDeclareOk {
                 queue: d.queue.clone(),
                 message_count: 0,
@@ -261,7 +267,10 @@ pub(crate) fn basic_consume(
         arguments,
     };
     let parse = |reply, sent: &Method| match (reply, sent) {
-        (Reply::Method(Method::BasicConsumeOk(ok)), _) => Ok(ok.consumer_tag),
+        (Reply::Method(method), _) => match *method {
+            Method::BasicConsumeOk(ok) => Ok(ok.consumer_tag),
+            other => Err(unexpected(other, "basic.consume-ok")),
+        },
         (Reply::Sent, Method::BasicConsume(c)) => Ok(c.consumer_tag.clone()),
         (other, _) => Err(unexpected(other, "basic.consume-ok")),
     };
@@ -346,7 +355,10 @@ pub(crate) fn channel_flow(active: bool) -> Request<bool> {
     Request {
         method: Method::ChannelFlow(ChannelFlow { active }),
         parse: |reply, _| match reply {
-            Reply::Method(Method::ChannelFlowOk(ok)) => Ok(ok.active),
+            Reply::Method(method) => match *method {
+                Method::ChannelFlowOk(ok) => Ok(ok.active),
+                other => Err(unexpected(other, "channel.flow-ok")),
+            },
             other => Err(unexpected(other, "channel.flow-ok")),
         },
     }
