@@ -343,9 +343,7 @@ impl Shared {
         let wake = commands.is_empty() || matches!(command, Command::Close { .. });
         commands.push(command);
         drop(commands);
-        // Nobody drives (a blocking caller let go and went to work): send
-        // it from here rather than leave it for the next driver.
-        if wake && !self.send_queued_here() {
+        if wake {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())

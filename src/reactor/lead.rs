@@ -194,25 +194,6 @@ impl Shared {
         Lead::Led
     }
 
-    /// When nobody drives the connection and it is open: takes the lead for
-    /// a moment to send the queued commands (without waiting for input).
-    /// `false` if it could not, so the poll's waker must tell the driver.
-    pub(crate) fn send_queued_here(&self) -> bool {
-        let lead = &self.lead;
-        if lead.leader.load(Ordering::SeqCst) != NOBODY {
-            return false;
-        }
-        let Some(mut guard) = lead.try_take() else {
-            return false;
-        };
-        let Some(reactor) = guard.as_mut().filter(|r| r.may_lead()) else {
-            return false;
-        };
-        reactor.send_queued();
-        lead.release(guard);
-        true
-    }
-
     /// The lead is taken: records this thread as wanting it, and asks the
     /// reactor thread to hand over if it is the one leading.
     fn ask_for_lead(&self) -> Lead {
