@@ -259,6 +259,12 @@ impl Shared {
             if lead.reactor_needed.swap(false, Ordering::AcqRel) {
                 return;
             }
+            if lead.leader.load(Ordering::SeqCst) == NOBODY && self.has_commands() {
+                // Commands wait with nobody to send them (a consumer's acks
+                // while it works through its buffer): the broker may be
+                // holding deliveries back for them.
+                return;
+            }
             let activity = lead.activity.load(Ordering::Acquire);
             if activity != *seen {
                 // A caller drove during the interval: leave it the lead.
