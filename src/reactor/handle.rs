@@ -341,9 +341,13 @@ impl Shared {
         // A close always wakes the reactor: while it recovers it leaves
         // other commands queued, and only looks for a close when woken.
         let wake = commands.is_empty() || matches!(command, Command::Close { .. });
+        // Acks and the like, unlike publishes, may be holding the broker
+        // back (a consumer's prefetch): with nobody driving, this thread
+        // sends them itself (see `Shared::send_acks_here`).
+        let urgent = matches!(command, Command::Send { .. });
         commands.push(command);
         drop(commands);
-        if wake {
+        if wake && !(urgent && self.send_acks_here()) {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())

@@ -21,11 +21,12 @@
 //!   [`HANDBACK_INTERVAL`] (up to [`MAX_HANDBACK_INTERVAL`] while callers
 //!   keep driving): when no caller took the lead or waited in poll for a
 //!   whole interval, it takes the lead back. So after a caller leaves, the
-//!   connection is undriven for at most about two intervals; commands
-//!   queued then go out when the next blocking call leads, or at the latest
-//!   when the reactor thread takes over. A caller that leaves with commands
-//!   queued, or with the connection closing, wakes the reactor thread at
-//!   once.
+//!   connection is undriven for at most about two intervals. Commands
+//!   queued meanwhile (a consumer's acks while it works through its
+//!   buffer) go out when the next blocking call leads, or at the reactor
+//!   thread's next check, which takes the lead for them at once. A caller
+//!   that leaves with commands queued, or with the connection closing,
+//!   wakes the reactor thread at once.
 //! - While a caller sits in one long wait (an idle consumer), the reactor
 //!   thread sleeps until that caller lets go, rather than every interval.
 
@@ -43,6 +44,9 @@ use super::Reactor;
 const HANDBACK_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest interval between the reactor thread's looks.
 const MAX_HANDBACK_INTERVAL: Duration = Duration::from_millis(4);
+
+/// The least time between two flushes of acks by the threads making them.
+const ACK_FLUSH_SPACING: Duration = Duration::from_micros(200);
 
 /// Nobody drives the connection.
 const NOBODY: u8 = 0;
@@ -75,6 +79,8 @@ pub(crate) struct Leadership {
     reactor_needed: AtomicBool,
     /// The reactor thread sleeps until the leading caller lets go.
     reactor_parked: AtomicBool,
+    /// When a thread last sent acks itself (see `Shared::send_acks_here`).
+    last_ack_flush: Mutex<Option<Instant>>,
     reactor_thread: OnceLock<Thread>,
 }
 
@@ -100,6 +106,7 @@ impl Default for Leadership {
             handover_wanted: AtomicBool::new(false),
             reactor_needed: AtomicBool::new(false),
             reactor_parked: AtomicBool::new(false),
+            last_ack_flush: Mutex::new(None),
             reactor_thread: OnceLock::new(),
         }
     }
@@ -192,6 +199,39 @@ impl Shared {
             lead.wake_reactor_thread();
         }
         Lead::Led
+    }
+
+    /// A consumer's ack (or reject) queued while nobody drives the
+    /// connection: a blocking consumer lets go of the lead while it works
+    /// through its buffer, and the broker may be holding deliveries back
+    /// for this ack. Takes the lead for a moment to send what is queued,
+    /// without waiting for input; at most once per [`ACK_FLUSH_SPACING`],
+    /// so acks made one per message leave in batches. `false` if it did
+    /// not (the poll's waker then tells whoever drives).
+    pub(crate) fn send_acks_here(&self) -> bool {
+        let lead = &self.lead;
+        if lead.leader.load(Ordering::SeqCst) != NOBODY {
+            return false;
+        }
+        let now = Instant::now();
+        {
+            let mut last = lock(&lead.last_ack_flush);
+            if last.is_some_and(|t| now.saturating_duration_since(t) < ACK_FLUSH_SPACING) {
+                // Left queued: the next flush, lead or the reactor
+                // thread's check sends it.
+                return true;
+            }
+            *last = Some(now);
+        }
+        let Some(mut guard) = lead.try_take() else {
+            return false;
+        };
+        let Some(reactor) = guard.as_mut().filter(|r| r.may_lead()) else {
+            return false;
+        };
+        reactor.send_queued();
+        lead.release(guard);
+        true
     }
 
     /// The lead is taken: records this thread as wanting it, and asks the

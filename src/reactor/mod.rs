@@ -294,15 +294,27 @@ impl Reactor {
                 self.close_while_recovering(reply, now);
             }
         } else {
-            self.shared.take_commands(&mut self.commands);
-            coalesce_acks(&mut self.commands);
-            for command in self.commands.drain(..) {
-                self.session.handle_command(command, now);
-            }
+            self.handle_commands(now);
         }
         if self.session.poll_timeout().is_some_and(|t| t <= now) {
             self.session.handle_timeout(now);
         }
+        self.settle();
+    }
+
+    /// Takes every queued command into the session.
+    fn handle_commands(&mut self, now: Instant) {
+        self.shared.take_commands(&mut self.commands);
+        coalesce_acks(&mut self.commands);
+        for command in self.commands.drain(..) {
+            self.session.handle_command(command, now);
+        }
+    }
+
+    /// Sends the queued commands without waiting for input (a thread that
+    /// found nobody driving).
+    fn send_queued(&mut self) {
+        self.handle_commands(Instant::now());
         self.settle();
     }
 
