@@ -264,6 +264,11 @@ impl Reactor {
         if let Some(max) = max_wait {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
+        // Commands queued while nobody drove may have come without a wake
+        // (acks inside `Shared::send_acks_here`'s spacing): take them now.
+        if !self.recovering && !self.session.is_closed() && self.shared.has_commands() {
+            timeout = Some(Duration::ZERO);
+        }
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 self.session.handle_eof(Some(e), Instant::now());
