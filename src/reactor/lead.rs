@@ -21,12 +21,16 @@
 //!   [`HANDBACK_INTERVAL`] (up to [`MAX_HANDBACK_INTERVAL`] while callers
 //!   keep driving): when no caller took the lead or waited in poll for a
 //!   whole interval, it takes the lead back. So after a caller leaves, the
-//!   connection is undriven for at most about two intervals. Commands
-//!   queued meanwhile (a consumer's acks while it works through its
-//!   buffer) go out when the next blocking call leads, or at the reactor
-//!   thread's next check, which takes the lead for them at once. A caller
+//!   connection is undriven for at most about two intervals. A caller
 //!   that leaves with commands queued, or with the connection closing,
 //!   wakes the reactor thread at once.
+//! - Commands queued while nobody drives wait for the next blocking call
+//!   to lead, or for the reactor thread's next check, which takes the lead
+//!   for them at once. Acks (and rejects) do not wait: the broker may be
+//!   holding deliveries back for them, so the thread making one sends what
+//!   is queued itself, at most once every [`ACK_FLUSH_SPACING`]. Every
+//!   turn takes queued commands before it waits, so one left inside that
+//!   spacing is not stranded behind a poll.
 //! - While a caller sits in one long wait (an idle consumer), the reactor
 //!   thread sleeps until that caller lets go, rather than every interval.
 
@@ -135,8 +139,8 @@ impl Leadership {
     fn release(&self, guard: ReactorGuard<'_>) {
         self.leader.store(NOBODY, Ordering::SeqCst);
         drop(guard);
-        let waiting = std::mem::take(&mut *lock(&self.waiting));
-        for thread in waiting {
+        // Drained in place: the list keeps its room for the next waiters.
+        for thread in lock(&self.waiting).drain(..) {
             thread.unpark();
         }
     }
