@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::broker::{connect, eventually, unique, Cleanup};
-use warren::blocking::Channel;
+use warren::blocking::{Channel, Connection, Consumer};
 use warren::options::{ConsumeOptions, PublishOptions, QueueDeclareOptions};
 use warren::protocol::{BasicProperties, FieldTable};
 
@@ -28,11 +28,7 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn durable_enough() -> QueueDeclareOptions {
-    QueueDeclareOptions::default()
-}
-
-fn publish(channel: &Channel, queue: &str, body: &'static [u8]) {
+fn publish(channel: &Channel, queue: &str, body: impl Into<bytes::Bytes>) {
     channel
         .basic_publish(
             "",
@@ -44,6 +40,53 @@ fn publish(channel: &Channel, queue: &str, body: &'static [u8]) {
         .unwrap();
 }
 
+/// Declares `names` (default options) on `channel`.
+fn declare(channel: &Channel, names: &[&String]) {
+    for queue in names {
+        channel
+            .queue_declare(queue, QueueDeclareOptions::default(), FieldTable::new())
+            .unwrap();
+    }
+}
+
+/// `count` fresh queues named after `prefix`, deleted by `cleanup`.
+fn queues(
+    connection: &Connection,
+    cleanup: &mut Cleanup,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let names: Vec<String> = (0..count)
+        .map(|i| cleanup.queue(unique(&format!("{prefix}.{i}"))))
+        .collect();
+    declare(
+        &connection.open_channel().unwrap(),
+        &names.iter().collect::<Vec<_>>(),
+    );
+    names
+}
+
+/// A consumer of `queue` on a channel of its own with `prefetch`.
+fn consume_alone(connection: &Connection, queue: &str, prefetch: u16) -> (Channel, Consumer) {
+    let channel = connection.open_channel().unwrap();
+    channel.basic_qos(prefetch, false).unwrap();
+    let consumer = channel
+        .basic_consume(queue, "", ConsumeOptions::default(), FieldTable::new())
+        .unwrap();
+    (channel, consumer)
+}
+
+/// The queue's state, without declaring it.
+fn passive_declare(channel: &Channel, queue: &str) -> warren::protocol::QueueDeclareOk {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue, options, FieldTable::new())
+        .unwrap()
+}
+
 /// Consumers, RPC callers and a confirming publisher on eight threads share
 /// one connection: whichever of them drives, the others' results reach them.
 #[test]
@@ -53,25 +96,13 @@ fn many_threads_waiting_on_one_connection_each_get_their_results() {
     const PER_QUEUE: u64 = 3_000;
     let connection = connect();
     let mut cleanup = Cleanup::new();
-    let queues: Vec<String> = (0..QUEUES)
-        .map(|i| cleanup.queue(unique(&format!("leading.many.{i}"))))
-        .collect();
-    let setup = connection.open_channel().unwrap();
-    for queue in &queues {
-        setup
-            .queue_declare(queue, durable_enough(), FieldTable::new())
-            .unwrap();
-    }
+    let queues = queues(&connection, &mut cleanup, "leading.many", QUEUES);
     let received = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for queue in &queues {
             let (connection, received) = (&connection, &received);
             scope.spawn(move || {
-                let channel = connection.open_channel().unwrap();
-                channel.basic_qos(50, false).unwrap();
-                let consumer = channel
-                    .basic_consume(queue, "", ConsumeOptions::default(), FieldTable::new())
-                    .unwrap();
+                let (channel, consumer) = consume_alone(connection, queue, 50);
                 for n in 1..=PER_QUEUE {
                     let delivery = consumer
                         .recv_timeout(ARRIVES)
@@ -87,13 +118,7 @@ fn many_threads_waiting_on_one_connection_each_get_their_results() {
             scope.spawn(move || {
                 let channel = connection.open_channel().unwrap();
                 for _ in 0..200 {
-                    let options = QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    };
-                    channel
-                        .queue_declare(&queues[caller % QUEUES], options, FieldTable::new())
-                        .unwrap();
+                    passive_declare(&channel, &queues[caller % QUEUES]);
                 }
             });
         }
@@ -138,25 +163,13 @@ fn callers_timing_out_every_millisecond_lose_and_repeat_nothing() {
     const PER_QUEUE: u64 = 2_000;
     let connection = connect();
     let mut cleanup = Cleanup::new();
-    let queues: Vec<String> = (0..QUEUES)
-        .map(|i| cleanup.queue(unique(&format!("leading.timeouts.{i}"))))
-        .collect();
-    let setup = connection.open_channel().unwrap();
-    for queue in &queues {
-        setup
-            .queue_declare(queue, durable_enough(), FieldTable::new())
-            .unwrap();
-    }
+    let queues = queues(&connection, &mut cleanup, "leading.timeouts", QUEUES);
     let timeouts = AtomicU64::new(0);
     std::thread::scope(|scope| {
         for queue in &queues {
             let (connection, timeouts) = (&connection, &timeouts);
             scope.spawn(move || {
-                let channel = connection.open_channel().unwrap();
-                channel.basic_qos(20, false).unwrap();
-                let consumer = channel
-                    .basic_consume(queue, "", ConsumeOptions::default(), FieldTable::new())
-                    .unwrap();
+                let (channel, consumer) = consume_alone(connection, queue, 20);
                 let started = Instant::now();
                 let mut next = 0u64;
                 while next < PER_QUEUE {
@@ -186,15 +199,7 @@ fn callers_timing_out_every_millisecond_lose_and_repeat_nothing() {
             let channel = connection.open_channel().unwrap();
             for n in 0..PER_QUEUE {
                 for queue in queues {
-                    channel
-                        .basic_publish(
-                            "",
-                            queue,
-                            PublishOptions::default(),
-                            BasicProperties::default(),
-                            n.to_string(),
-                        )
-                        .unwrap();
+                    publish(&channel, queue, n.to_string());
                 }
                 if n % 200 == 199 {
                     // A pause, so the consumers run dry and time out.
@@ -224,11 +229,7 @@ fn what_a_caller_queued_before_it_stopped_calling_still_goes_out() {
     let outbox = cleanup.queue(unique("leading.outbox"));
     let other = cleanup.queue(unique("leading.other"));
     let channel = connection.open_channel().unwrap();
-    for queue in [&inbox, &outbox, &other] {
-        channel
-            .queue_declare(queue, durable_enough(), FieldTable::new())
-            .unwrap();
-    }
+    declare(&channel, &[&inbox, &outbox, &other]);
     let consumer = channel
         .basic_consume(&inbox, "", ConsumeOptions::default(), FieldTable::new())
         .unwrap();
@@ -239,7 +240,7 @@ fn what_a_caller_queued_before_it_stopped_calling_still_goes_out() {
             // recv waits, so this thread drives the connection until the
             // delivery is in; then it publishes, acks and goes quiet.
             let delivery = consumer.recv_timeout(ARRIVES).unwrap().expect("a request");
-            publish(&channel, &outbox, b"reply");
+            publish(&channel, &outbox, "reply");
             channel.basic_ack(delivery.delivery_tag, false).unwrap();
             ready.send(()).unwrap();
             std::thread::sleep(Duration::from_secs(2));
@@ -251,7 +252,7 @@ fn what_a_caller_queued_before_it_stopped_calling_still_goes_out() {
     let probe = observer.open_channel().unwrap();
     // Let the worker start waiting (and lead) before the request comes.
     std::thread::sleep(Duration::from_millis(100));
-    publish(&probe, &inbox, b"request");
+    publish(&probe, &inbox, "request");
     go.recv_timeout(ARRIVES)
         .expect("the worker got its request");
     let sent = Instant::now();
@@ -270,21 +271,15 @@ fn what_a_caller_queued_before_it_stopped_calling_still_goes_out() {
         .basic_consume(&other, "", ConsumeOptions::default(), FieldTable::new())
         .unwrap();
     for _ in 0..3 {
-        publish(&probe, &other, b"more");
+        publish(&probe, &other, "more");
     }
     for n in 1..=3 {
         let delivery = consumer.recv_timeout(ARRIVES).unwrap();
         assert!(delivery.is_some(), "delivery {n} did not come");
     }
     // The request was acked: nothing is left in the inbox.
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
     let inbox_state = eventually(Duration::from_secs(2), || {
-        let ok = probe
-            .queue_declare(&inbox, options, FieldTable::new())
-            .unwrap();
+        let ok = passive_declare(&probe, &inbox);
         (ok.message_count == 0).then_some(ok)
     });
     assert!(inbox_state.is_some(), "the ack did not reach the broker");
