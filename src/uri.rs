@@ -59,7 +59,7 @@ const AMQPS_PORT: u16 = 5671;
 const FRAME_MIN_SIZE: u32 = 4096;
 
 /// The query parameters [`ConnectionConfig::from_uri`] understands.
-const QUERY_PARAMETERS: [&str; 8] = [
+const QUERY_PARAMETERS: [&str; 9] = [
     "heartbeat",
     "frame_max",
     "channel_max",
@@ -68,6 +68,7 @@ const QUERY_PARAMETERS: [&str; 8] = [
     "auth_mechanism",
     "connection_name",
     "recovery",
+    "receive_coalescing",
 ];
 
 /// How automatic recovery reconnects after the connection is lost (see
@@ -201,6 +202,15 @@ pub struct ConnectionConfig {
     /// locally. Only a connection that was open recovers (a failed first
     /// connect is returned as an error). Default `None`: off.
     pub recovery: Option<RecoveryConfig>,
+    /// Receive coalescing: while the broker streams to this connection fast
+    /// (more than about 4 KiB per millisecond), the socket wakes the
+    /// connection once half a millisecond of bytes has arrived (a few KiB)
+    /// instead of on every packet, which saves most of the wake-ups and
+    /// system calls of a fast consumer. A message can then wait about half a
+    /// millisecond for the rest of its batch, and the last bytes of a burst
+    /// at most a millisecond; slower traffic is read as soon as it arrives.
+    /// Default `true` (Linux only: elsewhere it has no effect).
+    pub receive_coalescing: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -224,6 +234,7 @@ impl Default for ConnectionConfig {
             connection_name: None,
             locale: "en_US".to_owned(),
             recovery: None,
+            receive_coalescing: true,
         }
     }
 }
@@ -247,6 +258,7 @@ impl fmt::Debug for ConnectionConfig {
             connection_name,
             locale,
             recovery,
+            receive_coalescing,
         } = self;
         f.debug_struct("ConnectionConfig")
             .field("host", host)
@@ -264,6 +276,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("connection_name", connection_name)
             .field("locale", locale)
             .field("recovery", recovery)
+            .field("receive_coalescing", receive_coalescing)
             .finish()
     }
 }
@@ -289,6 +302,7 @@ impl ConnectionConfig {
     /// | `connection_timeout` | milliseconds, at least 1 (as RabbitMQ's Erlang client reads it) |
     /// | `operation_timeout` | milliseconds, at least 1: how long a blocking call may wait |
     /// | `recovery` | `true` (automatic recovery with the default backoff) or `false` |
+    /// | `receive_coalescing` | `true` (the default) or `false` |
     /// | `auth_mechanism` | `plain`, `amqplain` or `external`, in any case |
     /// | `connection_name` | any text, percent-decoded |
     ///
@@ -379,6 +393,13 @@ impl ConnectionConfig {
     #[must_use]
     pub fn recovery(mut self, recovery: RecoveryConfig) -> Self {
         self.recovery = Some(recovery);
+        self
+    }
+
+    /// Turns [`ConnectionConfig::receive_coalescing`] on or off.
+    #[must_use]
+    pub fn receive_coalescing(mut self, on: bool) -> Self {
+        self.receive_coalescing = on;
         self
     }
 
@@ -638,6 +659,13 @@ fn apply_query(config: &mut ConnectionConfig, query: &str) -> Result<(), Error> 
                     _ => return Err(out_of_range(known, "true or false", &value)),
                 };
             }
+            "receive_coalescing" => {
+                config.receive_coalescing = match value.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(out_of_range(known, "true or false", &value)),
+                };
+            }
             "auth_mechanism" => {
                 config.auth_mechanism = AuthMechanism::from_name(&value).ok_or_else(|| {
                     invalid(format_args!(
@@ -789,7 +817,7 @@ mod tests {
         let config = parse(
             "amqp://alice:secret@broker.example.com:5673/prod\
              ?heartbeat=10&frame_max=8192&channel_max=64&connection_timeout=2500\
-             &auth_mechanism=AMQPLAIN&connection_name=billing%20worker",
+             &auth_mechanism=AMQPLAIN&connection_name=billing%20worker&receive_coalescing=false",
         );
         let expected = ConnectionConfig {
             host: "broker.example.com".into(),
@@ -807,6 +835,7 @@ mod tests {
             connection_name: Some("billing worker".into()),
             locale: "en_US".into(),
             recovery: None,
+            receive_coalescing: false,
         };
         assert_eq!(config, expected);
     }
@@ -937,6 +966,19 @@ mod tests {
             Some(Duration::from_millis(2500))
         );
         assert_eq!(parse("amqp://h").operation_timeout, None);
+    }
+
+    #[test]
+    fn receive_coalescing_is_on_unless_turned_off() {
+        assert!(parse("amqp://h").receive_coalescing);
+        assert!(parse("amqp://h?receive_coalescing=true").receive_coalescing);
+        assert!(!parse("amqp://h?receive_coalescing=false").receive_coalescing);
+        assert!(
+            !ConnectionConfig::default()
+                .receive_coalescing(false)
+                .receive_coalescing
+        );
+        assert!(ConnectionConfig::from_uri("amqp://h?receive_coalescing=1").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! caller about to park for its result drives the turns itself until the
 //! result is in (leader/follower, see `lead`).
 
+mod coalesce;
 pub(crate) mod handle;
 mod lead;
 
@@ -28,6 +29,7 @@ use bytes::BytesMut;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use self::coalesce::{ReceiveCoalescing, NO_MARK};
 use self::handle::{lock, ChannelShared, Completion, ConnectionEvent, ConsumerQueue, Shared};
 use crate::error::Error;
 use crate::protocol::{BasicAck, BasicReject, FieldTable, Method};
@@ -117,6 +119,42 @@ fn open_socket(config: &ConnectionConfig) -> Result<TcpStream, Error> {
     Ok(TcpStream::from_std(stream))
 }
 
+/// Whether this connection coalesces its reads (see `coalesce`): asked for,
+/// and on a system where the reactor can set the mark.
+fn coalescing_wanted(config: &ConnectionConfig) -> bool {
+    config.receive_coalescing && cfg!(target_os = "linux")
+}
+
+/// Sets how many bytes the socket waits for before it is reported readable
+/// (`SO_RCVLOWAT`).
+#[cfg(target_os = "linux")]
+fn set_receive_mark(socket: &TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one `c_int` from a live local, for a
+    // descriptor the socket owns for the length of the call.
+    let status = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Receive coalescing is Linux-only for now: the mark is never set.
+#[cfg(not(target_os = "linux"))]
+fn set_receive_mark(_socket: &TcpStream, _bytes: usize) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
 fn connect(host: &str, port: u16, timeout: Duration) -> Result<StdTcpStream, Error> {
     let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
     let mut last = io::Error::new(
@@ -163,6 +201,8 @@ struct Reactor {
     block_switched_at: Instant,
     /// How many bytes the next read is offered (adapts to what reads return).
     read_window: usize,
+    /// How many bytes the socket waits for before it is reported readable.
+    coalescing: ReceiveCoalescing,
     commands: Vec<Cmd>,
     /// Deliveries of this turn, handed over per consumer at its end.
     deliveries: Vec<(Arc<ConsumerQueue>, Delivery)>,
@@ -186,6 +226,7 @@ impl Reactor {
     ) -> io::Result<Self> {
         poll.registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
+        let coalescing = ReceiveCoalescing::new(coalescing_wanted(&config), Instant::now());
         Ok(Reactor {
             session: Session::new(config.clone(), Instant::now()),
             config,
@@ -200,6 +241,7 @@ impl Reactor {
             filled_blocks: VecDeque::new(),
             block_switched_at: Instant::now(),
             read_window: MIN_READ_WINDOW,
+            coalescing,
             commands: Vec::new(),
             deliveries: Vec::new(),
             writable_interest: false,
@@ -261,7 +303,8 @@ impl Reactor {
             None => self.session.poll_timeout(),
         };
         let mut timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-        if let Some(max) = max_wait {
+        let cap = [max_wait, self.coalescing.max_wait(Instant::now())];
+        for max in cap.into_iter().flatten() {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
         // Commands queued while nobody drove may have come without a wake
@@ -283,8 +326,10 @@ impl Reactor {
             readable |= event.is_readable() || event.is_read_closed() || event.is_error();
             hung_up |= event.is_read_closed() || event.is_error();
         }
-        if readable {
-            self.read(now, hung_up);
+        // Bytes under the receive mark are read once the fallback is due.
+        let fallback = !readable && self.coalescing.read_due(now);
+        if readable || fallback {
+            self.read(now, hung_up, fallback);
         }
         if !self.filled_blocks.is_empty()
             && now.saturating_duration_since(self.block_switched_at) > KEEP_BLOCKS_IDLE
@@ -424,6 +469,7 @@ impl Reactor {
         self.read_buf.clear();
         self.read_len = 0;
         self.read_window = MIN_READ_WINDOW;
+        self.coalescing = ReceiveCoalescing::new(coalescing_wanted(&self.config), Instant::now());
         self.writable_interest = false;
         Ok(())
     }
@@ -432,9 +478,12 @@ impl Reactor {
     /// every complete frame.
     /// `hung_up`: the event said the peer closed (or reset) too, so a short
     /// read is no proof the socket is drained: read on to end of file.
-    fn read(&mut self, now: Instant, hung_up: bool) {
+    /// `fallback`: the socket was not reported readable, but bytes under the
+    /// receive mark are due.
+    fn read(&mut self, now: Instant, hung_up: bool, fallback: bool) {
         // Bytes read since the session last took frames.
         let mut fresh = false;
+        let mut total = 0;
         loop {
             let len = self.read_len;
             if self.read_buf.capacity() - len < READ_CHUNK / 2 {
@@ -458,6 +507,7 @@ impl Reactor {
                 }
                 Ok(n) => {
                     self.read_len += n;
+                    total += n;
                     fresh = true;
                     if n < spare {
                         if n < self.read_window / 4 {
@@ -490,6 +540,12 @@ impl Reactor {
         }
         if fresh {
             self.take_frames(now);
+        }
+        if let Some(mark) = self.coalescing.after_read(total, fallback, now) {
+            if set_receive_mark(&self.socket, mark).is_err() {
+                self.coalescing.disable();
+                let _ = set_receive_mark(&self.socket, NO_MARK);
+            }
         }
     }
 

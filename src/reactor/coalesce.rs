@@ -1,0 +1,399 @@
+//! Receive coalescing: while the broker streams to us, wake on several KiB
+//! at a time instead of on every packet.
+//!
+//! A consumer that keeps up with its broker drains the socket each time it
+//! wakes, so it wakes once per TCP segment or two and pays a sleep, a wake
+//! and two system calls for a handful of messages. When bytes arrive fast,
+//! the reactor asks the kernel (`SO_RCVLOWAT`) to report the socket readable
+//! only once a *mark* of bytes waits: half a millisecond of the arrival rate
+//! measured while bytes flow, between [`MIN_MARK`] and [`MAX_MARK`].
+//!
+//! - **Nothing is stranded.** While a mark is set the reactor waits at most
+//!   [`FALLBACK`] past its last read, then reads whatever is there.
+//! - **Pauses.** A fallback read that finds nothing means the stream paused:
+//!   the mark goes, so the pause costs no wake-ups, and comes back with the
+//!   first bytes after it (unless the pause lasted [`FORGET_AFTER`]: then the
+//!   rate is measured afresh).
+//! - **Starving.** A fallback read that finds bytes is a *stall*: they waited
+//!   under the mark. Brokers pause mid-stream, so stalls alone change
+//!   nothing; but a whole period of stalls, with no read the kernel woke us
+//!   for, means the bytes always stop short of the mark (a consumer whose
+//!   prefetch window is smaller than the mark: the broker waits for acks of
+//!   what we have not read). The mark then goes for a hold-off, which
+//!   doubles each time this repeats within [`CLEAN_SPAN`].
+//!
+//! The cost is latency while streaming: a message waits for the mark to
+//! fill, about half a millisecond, and the last bytes of a burst wait for
+//! the fallback, at most a millisecond. Off with
+//! [`ConnectionConfig::receive_coalescing`](crate::ConnectionConfig::receive_coalescing).
+//!
+//! This is policy only: it decides the mark from reads and their times, and
+//! the reactor applies it to the socket.
+
+use std::time::{Duration, Instant};
+
+/// Arrival rates are measured over this much time with bytes flowing.
+const RATE_PERIOD: Duration = Duration::from_millis(2);
+
+/// While a mark is set, the longest the reactor waits after a read before it
+/// reads again, whatever the kernel reports.
+pub(super) const FALLBACK: Duration = Duration::from_millis(1);
+
+/// A pause this long forgets the measured rate.
+const FORGET_AFTER: Duration = Duration::from_millis(10);
+
+/// The smallest mark worth setting: below it, the stream is slow enough that
+/// waking per packet costs little.
+const MIN_MARK: usize = 2 * 1024;
+
+/// The largest mark (wakes at most this far apart in bytes).
+const MAX_MARK: usize = 16 * 1024;
+
+/// The first hold-off after a period of stalls only.
+const FIRST_HOLD_OFF: Duration = Duration::from_millis(100);
+
+/// The longest hold-off.
+const MAX_HOLD_OFF: Duration = Duration::from_secs(3);
+
+/// This long without starving brings the hold-off back to
+/// [`FIRST_HOLD_OFF`].
+const CLEAN_SPAN: Duration = Duration::from_secs(1);
+
+/// The mark the kernel is told when coalescing is off: wake on any byte.
+pub(super) const NO_MARK: usize = 1;
+
+/// The coalescing policy of one socket.
+#[derive(Debug)]
+pub(super) struct ReceiveCoalescing {
+    enabled: bool,
+    /// The mark in force ([`NO_MARK`]: off).
+    mark: usize,
+    /// The mark the measured rate calls for, in force unless paused or held
+    /// off.
+    rate_mark: usize,
+    /// Bytes, and time with bytes flowing, in the current period.
+    period_bytes: usize,
+    period_flowing: Duration,
+    /// Reads in this period that found bytes the kernel reported.
+    period_woken: u32,
+    /// Fallback reads in this period that found bytes (stalls).
+    period_stalls: u32,
+    last_read: Instant,
+    /// No mark before this (after a period of stalls only).
+    held_until: Option<Instant>,
+    hold_off: Duration,
+    last_starved: Option<Instant>,
+}
+
+impl ReceiveCoalescing {
+    /// The policy for a new socket (whose mark is the kernel's default, one
+    /// byte). `enabled: false` never sets a mark.
+    pub(super) fn new(enabled: bool, now: Instant) -> Self {
+        ReceiveCoalescing {
+            enabled,
+            mark: NO_MARK,
+            rate_mark: NO_MARK,
+            period_bytes: 0,
+            period_flowing: Duration::ZERO,
+            period_woken: 0,
+            period_stalls: 0,
+            last_read: now,
+            held_until: None,
+            hold_off: FIRST_HOLD_OFF,
+            last_starved: None,
+        }
+    }
+
+    /// Never sets a mark again (the socket refused one).
+    pub(super) fn disable(&mut self) {
+        self.enabled = false;
+        self.mark = NO_MARK;
+    }
+
+    /// The mark in force.
+    #[cfg(test)]
+    fn mark(&self) -> usize {
+        self.mark
+    }
+
+    /// How long the next wait may last at most: while a mark is set, until
+    /// [`FALLBACK`] past the last read.
+    pub(super) fn max_wait(&self, now: Instant) -> Option<Duration> {
+        (self.mark > NO_MARK)
+            .then(|| FALLBACK.saturating_sub(now.saturating_duration_since(self.last_read)))
+    }
+
+    /// Whether the socket should be read although the kernel did not report
+    /// it readable: a mark is set and the fallback wait is over.
+    pub(super) fn read_due(&self, now: Instant) -> bool {
+        self.mark > NO_MARK && now.saturating_duration_since(self.last_read) >= FALLBACK
+    }
+
+    /// Records a read of `bytes` (`fallback`: made because it was due, not
+    /// because the socket was reported readable). Returns the new mark when
+    /// it changes.
+    pub(super) fn after_read(
+        &mut self,
+        bytes: usize,
+        fallback: bool,
+        now: Instant,
+    ) -> Option<usize> {
+        if !self.enabled {
+            return None;
+        }
+        let since_last = now.saturating_duration_since(self.last_read);
+        self.last_read = now;
+        if bytes == 0 {
+            // A fallback read found the stream paused: sleep until it goes on.
+            return if fallback { self.set(NO_MARK) } else { None };
+        }
+        if since_last >= FORGET_AFTER {
+            self.rate_mark = NO_MARK;
+            self.start_period();
+        }
+        if fallback && self.mark > NO_MARK {
+            self.period_stalls += 1;
+        } else {
+            self.period_woken += 1;
+        }
+        self.period_bytes += bytes;
+        // A pause counts as one fallback wait, not as time with bytes flowing.
+        self.period_flowing += since_last.min(FALLBACK);
+        if self.period_flowing >= RATE_PERIOD {
+            self.end_period(now);
+        }
+        let held = self.held_until.is_some_and(|until| now < until);
+        self.set(if held { NO_MARK } else { self.rate_mark })
+    }
+
+    /// Sets the rate's mark from the period, and holds marks off if the
+    /// period was stalls only.
+    fn end_period(&mut self, now: Instant) {
+        let per_ms = self.period_bytes as u128 * 1000 / self.period_flowing.as_micros().max(1);
+        if self.period_stalls > 0 && self.period_woken == 0 {
+            let clean = self
+                .last_starved
+                .is_none_or(|at| now.saturating_duration_since(at) >= CLEAN_SPAN);
+            if clean {
+                self.hold_off = FIRST_HOLD_OFF;
+            }
+            self.held_until = Some(now + self.hold_off);
+            self.hold_off = (self.hold_off * 2).min(MAX_HOLD_OFF);
+            self.last_starved = Some(now);
+        }
+        self.rate_mark = mark_for(per_ms);
+        self.start_period();
+    }
+
+    fn start_period(&mut self) {
+        self.period_bytes = 0;
+        self.period_flowing = Duration::ZERO;
+        self.period_woken = 0;
+        self.period_stalls = 0;
+    }
+
+    fn set(&mut self, mark: usize) -> Option<usize> {
+        (mark != self.mark).then(|| {
+            self.mark = mark;
+            mark
+        })
+    }
+}
+
+/// The mark for an arrival rate of `per_ms` bytes per millisecond: half a
+/// millisecond of it, as a power of two within [`MIN_MARK`]..=[`MAX_MARK`]
+/// (so small changes in rate leave the mark alone), or [`NO_MARK`].
+fn mark_for(per_ms: u128) -> usize {
+    let half = usize::try_from(per_ms / 2).unwrap_or(usize::MAX);
+    if half < MIN_MARK {
+        return NO_MARK;
+    }
+    (1 << half.ilog2()).min(MAX_MARK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+    const US: Duration = Duration::from_micros(1);
+
+    /// Reads `bytes` every `every` for `span`, by readiness; returns the
+    /// marks set along the way.
+    fn stream(
+        policy: &mut ReceiveCoalescing,
+        start: Instant,
+        every: Duration,
+        bytes: usize,
+        span: Duration,
+    ) -> (Instant, Vec<usize>) {
+        let mut now = start;
+        let mut marks = Vec::new();
+        while now < start + span {
+            now += every;
+            marks.extend(policy.after_read(bytes, false, now));
+        }
+        (now, marks)
+    }
+
+    #[test]
+    fn a_fast_stream_gets_half_a_millisecond_of_bytes_as_its_mark() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        // 1,000 bytes every 100 µs: 10,000 bytes per ms, so a 4 KiB mark.
+        let (now, marks) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        assert_eq!(marks, vec![4096]);
+        assert_eq!(policy.mark(), 4096);
+        assert_eq!(policy.max_wait(now), Some(FALLBACK));
+        assert!(!policy.read_due(now + FALLBACK / 2));
+        assert!(policy.read_due(now + FALLBACK));
+    }
+
+    #[test]
+    fn the_mark_is_capped_and_follows_the_rate_down() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (now, marks) = stream(&mut policy, t0, 100 * US, 64 * 1024, 10 * MS);
+        assert_eq!(marks, vec![MAX_MARK]);
+        // 600 bytes per 100 µs: 6,000 per ms, a 2 KiB mark.
+        let (now, marks) = stream(&mut policy, now, 100 * US, 600, 10 * MS);
+        assert_eq!(marks, vec![2048]);
+        // 300 per 100 µs: 3,000 per ms, not worth a mark.
+        let (_, marks) = stream(&mut policy, now, 100 * US, 300, 10 * MS);
+        assert_eq!(marks, vec![NO_MARK]);
+        assert_eq!(policy.max_wait(Instant::now()), None);
+    }
+
+    #[test]
+    fn a_slow_stream_never_gets_a_mark() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (now, marks) = stream(&mut policy, t0, MS, 3000, 100 * MS);
+        assert!(marks.is_empty());
+        assert!(!policy.read_due(now + 10 * FALLBACK));
+    }
+
+    /// Reads 1,000 bytes at each fallback for `span` (a stream that stops
+    /// short of the mark each time); returns when and the marks set.
+    fn starve(
+        policy: &mut ReceiveCoalescing,
+        start: Instant,
+        span: Duration,
+    ) -> (Instant, Vec<usize>) {
+        let mut now = start;
+        let mut marks = Vec::new();
+        while now < start + span {
+            now += policy.max_wait(now).unwrap_or(100 * US);
+            let due = policy.read_due(now);
+            marks.extend(policy.after_read(1000, due, now));
+        }
+        (now, marks)
+    }
+
+    #[test]
+    fn an_occasional_stall_keeps_the_mark() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let mut marks = Vec::new();
+        for _ in 0..20 {
+            now += FALLBACK;
+            assert!(policy.read_due(now));
+            marks.extend(policy.after_read(500, true, now));
+            let (after, more) = stream(&mut policy, now, 100 * US, 1000, 5 * MS);
+            marks.extend(more);
+            now = after;
+        }
+        assert!(marks.iter().all(|&mark| mark > NO_MARK), "{marks:?}");
+        assert_eq!(policy.mark(), 4096);
+    }
+
+    #[test]
+    fn a_period_of_stalls_only_drops_the_mark_and_holds_it_off_doubling() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        for hold_off in [100, 200, 400] {
+            assert_eq!(policy.mark(), 4096);
+            let (after, marks) = starve(&mut policy, now, 3 * MS);
+            assert_eq!(marks, vec![NO_MARK]);
+            // Held off: a fast stream gets no mark until the hold-off ends.
+            let held = Duration::from_millis(hold_off) - 5 * MS;
+            let (after, marks) = stream(&mut policy, after, 100 * US, 1000, held);
+            assert!(marks.is_empty(), "{marks:?} within {hold_off} ms");
+            let (after, marks) = stream(&mut policy, after, 100 * US, 1000, 10 * MS);
+            assert_eq!(marks, vec![4096]);
+            now = after;
+        }
+    }
+
+    #[test]
+    fn a_mark_kept_a_second_without_starving_resets_the_hold_off() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let (now, _) = starve(&mut policy, now, 3 * MS);
+        let (after, _) = stream(&mut policy, now, 100 * US, 1000, 110 * MS);
+        assert_eq!(policy.mark(), 4096);
+        // A second of streaming: the next starving holds off 100 ms again.
+        let (now, _) = stream(&mut policy, after, 100 * US, 1000, CLEAN_SPAN + 5 * MS);
+        let (now, _) = starve(&mut policy, now, 3 * MS);
+        let (_, marks) = stream(&mut policy, now, 100 * US, 1000, 110 * MS);
+        assert_eq!(marks, vec![4096]);
+    }
+
+    #[test]
+    fn a_pause_drops_the_mark_until_the_next_bytes() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        now += FALLBACK;
+        assert!(policy.read_due(now));
+        assert_eq!(policy.after_read(0, true, now), Some(NO_MARK));
+        // Paused: no fallback wake-ups while nothing comes.
+        assert_eq!(policy.max_wait(now), None);
+        assert!(!policy.read_due(now + 5 * MS));
+        // The first bytes after the pause bring the mark back.
+        now += 5 * MS;
+        assert_eq!(policy.after_read(1000, false, now), Some(4096));
+    }
+
+    #[test]
+    fn a_long_pause_forgets_the_rate() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        now += FALLBACK;
+        policy.after_read(0, true, now);
+        now += FORGET_AFTER;
+        assert_eq!(policy.after_read(100, false, now), None);
+        assert_eq!(policy.mark(), NO_MARK);
+        // A trickle after it gets no mark.
+        let (_, marks) = stream(&mut policy, now, MS, 100, 20 * MS);
+        assert!(marks.is_empty(), "{marks:?}");
+    }
+
+    #[test]
+    fn disabled_coalescing_never_sets_a_mark() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(false, t0);
+        let (now, marks) = stream(&mut policy, t0, 10 * US, 64 * 1024, 10 * MS);
+        assert!(marks.is_empty());
+        assert_eq!(policy.max_wait(now), None);
+        let mut refused = ReceiveCoalescing::new(true, t0);
+        stream(&mut refused, t0, 100 * US, 1000, 10 * MS);
+        refused.disable();
+        assert_eq!(refused.mark(), NO_MARK);
+        assert_eq!(refused.after_read(1000, false, now + 10 * MS), None);
+    }
+
+    #[test]
+    fn marks_are_powers_of_two_within_bounds() {
+        assert_eq!(mark_for(0), NO_MARK);
+        assert_eq!(mark_for(4095), NO_MARK);
+        assert_eq!(mark_for(4096), 2048);
+        assert_eq!(mark_for(12_000), 4096);
+        assert_eq!(mark_for(16_384), 8192);
+        assert_eq!(mark_for(u128::MAX), MAX_MARK);
+    }
+}

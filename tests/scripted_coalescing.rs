@@ -1,0 +1,188 @@
+//! Receive coalescing end to end, against a scripted fake broker
+//! (`tests/support/fake_broker.rs`): while deliveries stream in fast, the
+//! connection's socket gets a receive mark (`SO_RCVLOWAT`), the bytes of a
+//! burst's end that never reach the mark still arrive promptly, the mark
+//! goes when the stream pauses, and an RPC after the stream is answered at
+//! once. The tests read the mark off the client's socket, found by its peer
+//! address among this process's descriptors. Linux only, as coalescing is.
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::fake_broker::{deliver_bytes, FakeBroker, Peer, Step, Tune};
+use warren::blocking::Connection;
+use warren::options::{ConsumeOptions, QueueDeclareOptions};
+use warren::protocol::{FieldTable, Method, MethodId, QueueDeclareOk, ShortString};
+use warren::ConnectionConfig;
+
+/// Bursts the fake broker sends, each of `PER_BURST` deliveries of
+/// `BODY` bytes (about 33 KiB), written at once.
+const BURSTS: u64 = 40;
+const PER_BURST: u64 = 30;
+const BODY: usize = 1000;
+/// The pause between bursts: short enough that the bytes flow fast.
+const BETWEEN_BURSTS: Duration = Duration::from_micros(300);
+/// What "promptly" means for bytes left under the mark (the fallback is a
+/// millisecond; this leaves room for a loaded machine).
+const PROMPTLY: Duration = Duration::from_millis(500);
+const ARRIVES: Duration = Duration::from_secs(5);
+
+/// The fake broker's side: a consumer's deliveries in fast bursts, then one
+/// small delivery right behind the last burst, then a queue.declare-ok for
+/// the client's declare, then the close.
+fn streaming_broker() -> FakeBroker {
+    FakeBroker::start(|peer: &mut Peer| -> Step {
+        peer.handshake(Tune::default())?;
+        peer.serve_channel_open(1)?;
+        let tag = peer.serve_consume(1)?;
+        let body = vec![b'x'; BODY];
+        let mut delivery_tag = 0;
+        for _ in 0..BURSTS {
+            let mut burst = Vec::new();
+            for _ in 0..PER_BURST {
+                delivery_tag += 1;
+                burst.extend(deliver_bytes(1, &tag, delivery_tag, &body, 131_072));
+            }
+            peer.send_raw(&burst)?;
+            std::thread::sleep(BETWEEN_BURSTS);
+        }
+        // The tail: far under any mark, and nothing after it.
+        delivery_tag += 1;
+        peer.send_raw(&deliver_bytes(1, &tag, delivery_tag, b"tail", 131_072))?;
+        let Method::QueueDeclare(declare) = peer.expect_method(1, MethodId::QUEUE_DECLARE)? else {
+            unreachable!("expect_method checked the method")
+        };
+        peer.send_method(
+            1,
+            QueueDeclareOk {
+                queue: declare.queue,
+                message_count: 0,
+                consumer_count: 0,
+            },
+        )?;
+        peer.serve_close()?;
+        Ok(())
+    })
+}
+
+/// The receive mark (`SO_RCVLOWAT`) of socket `fd`.
+fn receive_mark(fd: i32) -> i32 {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `value`.
+    let status = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_mut(&mut value).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(status, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    value
+}
+
+/// The descriptor of this process's TCP socket whose peer is `peer`.
+fn client_socket(peer: SocketAddr) -> Option<i32> {
+    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&fd| peer_port(fd) == Some(peer.port()))
+}
+
+fn peer_port(fd: i32) -> Option<u16> {
+    // SAFETY: a zeroed sockaddr_in is a valid value; getpeername writes at
+    // most `len` bytes into it.
+    unsafe {
+        let mut address: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let status = libc::getpeername(fd, std::ptr::from_mut(&mut address).cast(), &mut len);
+        (status == 0 && i32::from(address.sin_family) == libc::AF_INET)
+            .then(|| u16::from_be(address.sin_port))
+    }
+}
+
+/// Consumes the fake broker's stream on a connection opened with `config`;
+/// returns the highest receive mark seen while it streamed.
+fn consume_the_stream(broker: &FakeBroker, config: ConnectionConfig) -> i32 {
+    let connection = Connection::open_with(config).expect("connect to the fake broker");
+    let channel = connection.open_channel().unwrap();
+    let fd = client_socket(broker.addr()).expect("the client's socket to the fake broker");
+    let consumer = channel
+        .basic_consume(
+            "q",
+            "ctag",
+            ConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::new(),
+        )
+        .unwrap();
+    let mut highest_mark = 0;
+    let mut previous = Instant::now();
+    for tag in 1..=BURSTS * PER_BURST + 1 {
+        let delivery = consumer
+            .recv_timeout(ARRIVES)
+            .unwrap()
+            .unwrap_or_else(|| panic!("delivery {tag} never came"));
+        assert_eq!(delivery.delivery_tag, tag);
+        if tag > BURSTS * PER_BURST {
+            assert_eq!(&delivery.body[..], b"tail");
+            assert!(
+                previous.elapsed() < PROMPTLY,
+                "the tail came {:?} after the last burst",
+                previous.elapsed()
+            );
+        }
+        highest_mark = highest_mark.max(receive_mark(fd));
+        previous = Instant::now();
+    }
+
+    // The stream has paused: the mark goes (the first fallback read finds
+    // nothing), and an RPC is answered at once.
+    let deadline = Instant::now() + PROMPTLY;
+    while receive_mark(fd) != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the mark is still {} after the stream paused",
+            receive_mark(fd)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let asked = Instant::now();
+    let ok = channel
+        .queue_declare("q", QueueDeclareOptions::default(), FieldTable::new())
+        .unwrap();
+    assert_eq!(ok.queue, ShortString::from_static("q"));
+    assert!(
+        asked.elapsed() < PROMPTLY,
+        "declare took {:?}",
+        asked.elapsed()
+    );
+    connection.close().unwrap();
+    highest_mark
+}
+
+#[test]
+fn a_fast_stream_gets_a_receive_mark_and_its_tail_and_an_rpc_after_it_still_come_promptly() {
+    let broker = streaming_broker();
+    let highest = consume_the_stream(&broker, broker.config());
+    assert!(
+        highest >= 2048,
+        "the socket's receive mark never rose while ~1.3 MB streamed in (highest {highest})"
+    );
+    broker.finish();
+}
+
+#[test]
+fn with_receive_coalescing_off_the_socket_keeps_waking_on_every_byte() {
+    let broker = streaming_broker();
+    let highest = consume_the_stream(&broker, broker.config().receive_coalescing(false));
+    assert_eq!(highest, 1);
+    broker.finish();
+}
