@@ -14,13 +14,15 @@
 //!   the mark goes, so the pause costs no wake-ups, and comes back with the
 //!   first bytes after it (unless the pause lasted [`FORGET_AFTER`]: then the
 //!   rate is measured afresh).
-//! - **Starving.** A fallback read that finds bytes is a *stall*: they waited
-//!   under the mark. Brokers pause mid-stream, so stalls alone change
-//!   nothing; but a whole period of stalls, with no read the kernel woke us
-//!   for, means the bytes always stop short of the mark (a consumer whose
-//!   prefetch window is smaller than the mark: the broker waits for acks of
-//!   what we have not read). The mark then goes for a hold-off, which
-//!   doubles each time this repeats within [`CLEAN_SPAN`].
+//! - **Stalls.** A fallback read that finds bytes is a *stall*: they waited
+//!   under the mark. If they show a slower stream than the mark was set
+//!   for, the mark comes down to fit it. Brokers pause mid-stream, so a
+//!   stall alone changes nothing more; but [`STARVED_STALLS`] with no read
+//!   in between that the kernel woke us for at a mark mean the bytes always
+//!   stop short of it (a consumer whose prefetch window is smaller than the mark:
+//!   the broker waits for acks of what we have not read). The mark then
+//!   goes for a hold-off, which doubles each time this repeats within
+//!   [`CLEAN_SPAN`].
 //!
 //! The cost is latency while streaming: a message waits for the mark to
 //! fill, about half a millisecond, and the last bytes of a burst wait for
@@ -49,7 +51,11 @@ const MIN_MARK: usize = 2 * 1024;
 /// The largest mark (wakes at most this far apart in bytes).
 const MAX_MARK: usize = 16 * 1024;
 
-/// The first hold-off after a period of stalls only.
+/// Stalls with no read in between that the kernel woke us for at a mark:
+/// they hold marks off.
+const STARVED_STALLS: u32 = 4;
+
+/// The first hold-off after [`STARVED_STALLS`].
 const FIRST_HOLD_OFF: Duration = Duration::from_millis(100);
 
 /// The longest hold-off.
@@ -74,12 +80,10 @@ pub(super) struct ReceiveCoalescing {
     /// Bytes, and time with bytes flowing, in the current period.
     period_bytes: usize,
     period_flowing: Duration,
-    /// Reads in this period that found bytes the kernel reported.
-    period_woken: u32,
-    /// Fallback reads in this period that found bytes (stalls).
-    period_stalls: u32,
+    /// Stalls since the kernel last woke us for a read at a mark.
+    stalls_in_a_row: u32,
     last_read: Instant,
-    /// No mark before this (after a period of stalls only).
+    /// No mark before this (after [`STARVED_STALLS`]).
     held_until: Option<Instant>,
     hold_off: Duration,
     last_starved: Option<Instant>,
@@ -95,8 +99,7 @@ impl ReceiveCoalescing {
             rate_mark: NO_MARK,
             period_bytes: 0,
             period_flowing: Duration::ZERO,
-            period_woken: 0,
-            period_stalls: 0,
+            stalls_in_a_row: 0,
             last_read: now,
             held_until: None,
             hold_off: FIRST_HOLD_OFF,
@@ -145,42 +148,58 @@ impl ReceiveCoalescing {
         self.last_read = now;
         if bytes == 0 {
             // A fallback read found the stream paused: sleep until it goes on.
+            self.stalls_in_a_row = 0;
             return if fallback { self.set(NO_MARK) } else { None };
         }
         if since_last >= FORGET_AFTER {
             self.rate_mark = NO_MARK;
             self.start_period();
         }
-        if fallback && self.mark > NO_MARK {
-            self.period_stalls += 1;
-        } else {
-            self.period_woken += 1;
+        if self.mark > NO_MARK {
+            if fallback {
+                self.stall(bytes, since_last, now);
+            } else {
+                // The stream reached the mark.
+                self.stalls_in_a_row = 0;
+            }
         }
         self.period_bytes += bytes;
         // A pause counts as one fallback wait, not as time with bytes flowing.
         self.period_flowing += since_last.min(FALLBACK);
         if self.period_flowing >= RATE_PERIOD {
-            self.end_period(now);
+            self.end_period();
         }
         let held = self.held_until.is_some_and(|until| now < until);
         self.set(if held { NO_MARK } else { self.rate_mark })
     }
 
-    /// Sets the rate's mark from the period, and holds marks off if the
-    /// period was stalls only.
-    fn end_period(&mut self, now: Instant) {
-        let per_ms = self.period_bytes as u128 * 1000 / self.period_flowing.as_micros().max(1);
-        if self.period_stalls > 0 && self.period_woken == 0 {
-            let clean = self
-                .last_starved
-                .is_none_or(|at| now.saturating_duration_since(at) >= CLEAN_SPAN);
-            if clean {
-                self.hold_off = FIRST_HOLD_OFF;
-            }
-            self.held_until = Some(now + self.hold_off);
-            self.hold_off = (self.hold_off * 2).min(MAX_HOLD_OFF);
-            self.last_starved = Some(now);
+    /// A fallback read found `bytes` that came in `waited` without reaching
+    /// the mark: lowers the mark to what they show, and holds marks off
+    /// after [`STARVED_STALLS`] in a row.
+    fn stall(&mut self, bytes: usize, waited: Duration, now: Instant) {
+        let fit = mark_for(bytes as u128 * 1000 / waited.as_micros().max(1));
+        if fit > NO_MARK && fit < self.rate_mark {
+            self.rate_mark = fit;
         }
+        self.stalls_in_a_row += 1;
+        if self.stalls_in_a_row < STARVED_STALLS {
+            return;
+        }
+        self.stalls_in_a_row = 0;
+        let clean = self
+            .last_starved
+            .is_none_or(|at| now.saturating_duration_since(at) >= CLEAN_SPAN);
+        if clean {
+            self.hold_off = FIRST_HOLD_OFF;
+        }
+        self.held_until = Some(now + self.hold_off);
+        self.hold_off = (self.hold_off * 2).min(MAX_HOLD_OFF);
+        self.last_starved = Some(now);
+    }
+
+    /// Sets the rate's mark from the period.
+    fn end_period(&mut self) {
+        let per_ms = self.period_bytes as u128 * 1000 / self.period_flowing.as_micros().max(1);
         self.rate_mark = mark_for(per_ms);
         self.start_period();
     }
@@ -188,8 +207,6 @@ impl ReceiveCoalescing {
     fn start_period(&mut self) {
         self.period_bytes = 0;
         self.period_flowing = Duration::ZERO;
-        self.period_woken = 0;
-        self.period_stalls = 0;
     }
 
     fn set(&mut self, mark: usize) -> Option<usize> {
@@ -273,8 +290,9 @@ mod tests {
         assert!(!policy.read_due(now + 10 * FALLBACK));
     }
 
-    /// Reads 1,000 bytes at each fallback for `span` (a stream that stops
-    /// short of the mark each time); returns when and the marks set.
+    /// A consumer whose prefetch window is 1,000 bytes, for `span`: without
+    /// a mark the window comes every 100 µs; with one it never reaches the
+    /// mark and is read by the fallback. Returns when, and the marks set.
     fn starve(
         policy: &mut ReceiveCoalescing,
         start: Instant,
@@ -309,14 +327,25 @@ mod tests {
     }
 
     #[test]
-    fn a_period_of_stalls_only_drops_the_mark_and_holds_it_off_doubling() {
+    fn a_stall_brings_an_overshooting_mark_down_to_the_rate_it_shows() {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (mut now, _) = stream(&mut policy, t0, 100 * US, 4000, 10 * MS);
+        assert_eq!(policy.mark(), MAX_MARK);
+        // 6,000 bytes in a millisecond: a 2 KiB mark fits.
+        now += FALLBACK;
+        assert_eq!(policy.after_read(6000, true, now), Some(2048));
+    }
+
+    #[test]
+    fn stalls_in_a_row_drop_the_mark_and_holds_it_off_doubling() {
         let t0 = Instant::now();
         let mut policy = ReceiveCoalescing::new(true, t0);
         let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
         for hold_off in [100, 200, 400] {
             assert_eq!(policy.mark(), 4096);
-            let (after, marks) = starve(&mut policy, now, 3 * MS);
-            assert_eq!(marks, vec![NO_MARK]);
+            let (after, marks) = starve(&mut policy, now, 10 * MS);
+            assert_eq!(marks.last(), Some(&NO_MARK), "{marks:?}");
             // Held off: a fast stream gets no mark until the hold-off ends.
             let held = Duration::from_millis(hold_off) - 5 * MS;
             let (after, marks) = stream(&mut policy, after, 100 * US, 1000, held);
@@ -332,14 +361,16 @@ mod tests {
         let t0 = Instant::now();
         let mut policy = ReceiveCoalescing::new(true, t0);
         let (now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
-        let (now, _) = starve(&mut policy, now, 3 * MS);
+        let (now, _) = starve(&mut policy, now, 10 * MS);
         let (after, _) = stream(&mut policy, now, 100 * US, 1000, 110 * MS);
         assert_eq!(policy.mark(), 4096);
         // A second of streaming: the next starving holds off 100 ms again.
         let (now, _) = stream(&mut policy, after, 100 * US, 1000, CLEAN_SPAN + 5 * MS);
-        let (now, _) = starve(&mut policy, now, 3 * MS);
-        let (_, marks) = stream(&mut policy, now, 100 * US, 1000, 110 * MS);
-        assert_eq!(marks, vec![4096]);
+        let (now, _) = starve(&mut policy, now, 10 * MS);
+        let (now, marks) = stream(&mut policy, now, 100 * US, 1000, 90 * MS);
+        assert!(marks.is_empty(), "{marks:?}");
+        stream(&mut policy, now, 100 * US, 1000, 20 * MS);
+        assert_eq!(policy.mark(), 4096);
     }
 
     #[test]

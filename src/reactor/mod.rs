@@ -204,8 +204,6 @@ struct Reactor {
     /// How many bytes the socket waits for before it is reported readable.
     coalescing: ReceiveCoalescing,
     commands: Vec<Cmd>,
-    /// Deliveries of this turn, handed over per consumer at its end.
-    deliveries: Vec<(Arc<ConsumerQueue>, Delivery)>,
     writable_interest: bool,
     /// From a loss until the replay is done: application commands wait.
     recovering: bool,
@@ -243,7 +241,6 @@ impl Reactor {
             read_window: MIN_READ_WINDOW,
             coalescing,
             commands: Vec::new(),
-            deliveries: Vec::new(),
             writable_interest: false,
             recovering: false,
             recovery_attempt: 0,
@@ -648,19 +645,14 @@ impl Reactor {
                     }
                     reply.complete(result);
                 }
-                Event::Delivery { consumer, delivery } => {
-                    self.deliveries.push((consumer, delivery))
-                }
-                Event::ConsumerEnded { consumer, reason } => {
-                    self.hand_over_deliveries();
-                    consumer.end(reason);
-                }
+                Event::Delivery { consumer, delivery } => self.hand_over(consumer, delivery),
+                Event::ConsumerEnded { consumer, reason } => consumer.end(reason),
                 Event::Returned { channel, message } => {
                     lock(&self.shared.channel(channel).returns).push_back(message);
                 }
                 Event::Recovered { channel } => {
-                    // Deliveries before recover-ok carry the tags it voids.
-                    self.hand_over_deliveries();
+                    // Deliveries before recover-ok (handed over already)
+                    // carry the tags it voids.
                     if let Some(ch) = lock(&self.shared.channels).get(&channel) {
                         lock(&ch.unsettled).clear();
                     }
@@ -705,42 +697,50 @@ impl Reactor {
                 }
             }
         }
-        self.hand_over_deliveries();
     }
 
-    /// One lock and one wake-up per consumer per turn.
-    fn hand_over_deliveries(&mut self) {
-        let mut batch = self.deliveries.drain(..).peekable();
-        while let Some((consumer, first)) = batch.next() {
-            let same = std::iter::from_fn(|| {
-                batch
-                    .next_if(|(c, _)| Arc::ptr_eq(c, &consumer))
-                    .map(|(_, d)| d)
+    /// Hands `first`, and the deliveries right behind it in the session's
+    /// events for the same consumer, to that consumer: one lock and one
+    /// wake-up per run, each delivery moved from the session's queue into
+    /// the consumer's.
+    fn hand_over(&mut self, consumer: Arc<ConsumerQueue>, first: Delivery) {
+        let session = &mut self.session;
+        let same = std::iter::from_fn(|| {
+            let next = session.poll_event_if(
+                |event| matches!(event, Event::Delivery { consumer: c, .. } if Arc::ptr_eq(c, &consumer)),
+            );
+            match next {
+                Some(Event::Delivery { delivery, .. }) => Some(delivery),
+                _ => None,
+            }
+        });
+        let run = std::iter::once(first).chain(same);
+        if !consumer.is_abandoned() {
+            if consumer.acknowledged {
+                // Record the tags before the application can see (and ack) them.
+                let mut unsettled = lock(&consumer.channel_state.unsettled);
+                consumer.push_batch(run.inspect(|d| unsettled.delivered(d.delivery_tag)));
+            } else {
+                consumer.push_batch(run);
+            }
+            return;
+        }
+        // The application dropped the consumer before the broker heard the
+        // cancel: give the messages back rather than hold them.
+        let tags: Vec<u64> = run
+            .filter(|_| consumer.acknowledged)
+            .map(|delivery| delivery.delivery_tag)
+            .collect();
+        for delivery_tag in tags {
+            let reject = Method::BasicReject(BasicReject {
+                delivery_tag,
+                requeue: true,
             });
-            let run = std::iter::once(first).chain(same);
-            if !consumer.is_abandoned() {
-                if consumer.acknowledged {
-                    // Record the tags before the application can see (and ack) them.
-                    let mut unsettled = lock(&consumer.channel_state.unsettled);
-                    consumer.push_batch(run.inspect(|d| unsettled.delivered(d.delivery_tag)));
-                } else {
-                    consumer.push_batch(run);
-                }
-                continue;
-            }
-            // The application dropped the consumer before the broker heard
-            // the cancel: give the messages back rather than hold them.
-            for delivery in run.filter(|_| consumer.acknowledged) {
-                let reject = Method::BasicReject(BasicReject {
-                    delivery_tag: delivery.delivery_tag,
-                    requeue: true,
-                });
-                let command = Command::Send {
-                    channel: consumer.channel,
-                    method: reject,
-                };
-                self.session.handle_command(command, Instant::now());
-            }
+            let command = Command::Send {
+                channel: consumer.channel,
+                method: reject,
+            };
+            self.session.handle_command(command, Instant::now());
         }
     }
 

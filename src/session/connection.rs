@@ -365,6 +365,19 @@ impl<R, C: Clone> Session<R, C> {
         self.out.events.pop_front()
     }
 
+    /// The next event, if there is one and `wanted` takes it (a driver
+    /// gathering a run of deliveries for one consumer).
+    pub(crate) fn poll_event_if(
+        &mut self,
+        wanted: impl FnOnce(&Event<R, C>) -> bool,
+    ) -> Option<Event<R, C>> {
+        if self.out.events.front().is_some_and(wanted) {
+            self.out.events.pop_front()
+        } else {
+            None
+        }
+    }
+
     /// When [`Session::handle_timeout`] must next be called.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         if self.state == State::Closed {
