@@ -150,10 +150,24 @@ impl ConsumerQueue {
         self.abandoned.load(Ordering::Acquire)
     }
 
-    /// Appends a batch under one lock and one wake-up.
-    pub(crate) fn push_batch(&self, batch: impl Iterator<Item = Delivery>) {
+    /// Appends `first` and the deliveries `next` gives, under one lock and
+    /// one wake-up. `next` is told of each delivery just appended (before
+    /// the application can see it) and gives the one to append after it.
+    pub(crate) fn push_run(
+        &self,
+        first: Delivery,
+        mut next: impl FnMut(&Delivery) -> Option<Delivery>,
+    ) {
         let mut state = lock(&self.state);
-        state.deliveries.extend(batch);
+        let mut delivery = first;
+        loop {
+            let after = next(&delivery);
+            state.deliveries.push_back(delivery);
+            match after {
+                Some(d) => delivery = d,
+                None => break,
+            }
+        }
         let waker = state.waker.take();
         drop(state);
         if let Some(w) = waker {

@@ -705,32 +705,34 @@ impl Reactor {
     /// the consumer's.
     fn hand_over(&mut self, consumer: Arc<ConsumerQueue>, first: Delivery) {
         let session = &mut self.session;
-        let same = std::iter::from_fn(|| {
-            let next = session.poll_event_if(
-                |event| matches!(event, Event::Delivery { consumer: c, .. } if Arc::ptr_eq(c, &consumer)),
-            );
-            match next {
-                Some(Event::Delivery { delivery, .. }) => Some(delivery),
-                _ => None,
-            }
-        });
-        let run = std::iter::once(first).chain(same);
+        let mut next = || {
+            match session.poll_event_if(
+            |event| matches!(event, Event::Delivery { consumer: c, .. } if Arc::ptr_eq(c, &consumer)),
+        ) {
+            Some(Event::Delivery { delivery, .. }) => Some(delivery),
+            _ => None,
+        }
+        };
         if !consumer.is_abandoned() {
             if consumer.acknowledged {
                 // Record the tags before the application can see (and ack) them.
                 let mut unsettled = lock(&consumer.channel_state.unsettled);
-                consumer.push_batch(run.inspect(|d| unsettled.delivered(d.delivery_tag)));
+                consumer.push_run(first, |delivery| {
+                    unsettled.delivered(delivery.delivery_tag);
+                    next()
+                });
             } else {
-                consumer.push_batch(run);
+                consumer.push_run(first, |_| next());
             }
             return;
         }
         // The application dropped the consumer before the broker heard the
         // cancel: give the messages back rather than hold them.
-        let tags: Vec<u64> = run
-            .filter(|_| consumer.acknowledged)
-            .map(|delivery| delivery.delivery_tag)
-            .collect();
+        let mut tags = vec![first.delivery_tag];
+        tags.extend(std::iter::from_fn(next).map(|delivery| delivery.delivery_tag));
+        if !consumer.acknowledged {
+            tags.clear();
+        }
         for delivery_tag in tags {
             let reject = Method::BasicReject(BasicReject {
                 delivery_tag,

@@ -177,6 +177,7 @@ impl Assembly {
     }
 
     /// The finished message. Call only when [`Assembly::is_complete`].
+    #[inline(always)]
     pub(crate) fn finish(self) -> Assembled {
         let (_, properties) = self.header.expect("finish() after the header");
         let body = match self.body {
