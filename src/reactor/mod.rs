@@ -299,8 +299,9 @@ impl Reactor {
             Some(since) => Some(since + FINAL_FLUSH),
             None => self.session.poll_timeout(),
         };
-        let mut timeout = deadline.map(|t| t.saturating_duration_since(Instant::now()));
-        let cap = [max_wait, self.coalescing.max_wait(Instant::now())];
+        let started = Instant::now();
+        let mut timeout = deadline.map(|t| t.saturating_duration_since(started));
+        let cap = [max_wait, self.coalescing.max_wait(started)];
         for max in cap.into_iter().flatten() {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
@@ -705,13 +706,9 @@ impl Reactor {
     /// the consumer's.
     fn hand_over(&mut self, consumer: Arc<ConsumerQueue>, first: Delivery) {
         let session = &mut self.session;
-        let mut next = || {
-            match session.poll_event_if(
-            |event| matches!(event, Event::Delivery { consumer: c, .. } if Arc::ptr_eq(c, &consumer)),
-        ) {
+        let mut next = || match session.poll_event_if(|event| delivers_to(event, &consumer)) {
             Some(Event::Delivery { delivery, .. }) => Some(delivery),
             _ => None,
-        }
         };
         if !consumer.is_abandoned() {
             if consumer.acknowledged {
@@ -766,6 +763,14 @@ impl Reactor {
         self.shared.release_room(0);
         let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
+}
+
+/// Whether `event` is a delivery to `consumer`.
+fn delivers_to(
+    event: &Event<Arc<Completion>, Arc<ConsumerQueue>>,
+    consumer: &Arc<ConsumerQueue>,
+) -> bool {
+    matches!(event, Event::Delivery { consumer: c, .. } if Arc::ptr_eq(c, consumer))
 }
 
 /// Drops every `multiple` ack that a later `multiple` ack on the same
