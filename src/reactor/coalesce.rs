@@ -290,6 +290,16 @@ mod tests {
         assert!(!policy.read_due(now + 10 * FALLBACK));
     }
 
+    /// A policy that has seen 10 ms of 1,000 bytes every 100 µs (a 4 KiB
+    /// mark), and the time then.
+    fn streaming() -> (ReceiveCoalescing, Instant) {
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        let (now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        assert_eq!(policy.mark(), 4096);
+        (policy, now)
+    }
+
     /// A consumer whose prefetch window is 1,000 bytes, for `span`: without
     /// a mark the window comes every 100 µs; with one it never reaches the
     /// mark and is read by the fallback. Returns when, and the marks set.
@@ -310,9 +320,7 @@ mod tests {
 
     #[test]
     fn an_occasional_stall_keeps_the_mark() {
-        let t0 = Instant::now();
-        let mut policy = ReceiveCoalescing::new(true, t0);
-        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let (mut policy, mut now) = streaming();
         let mut marks = Vec::new();
         for _ in 0..20 {
             now += FALLBACK;
@@ -339,9 +347,7 @@ mod tests {
 
     #[test]
     fn stalls_in_a_row_drop_the_mark_and_holds_it_off_doubling() {
-        let t0 = Instant::now();
-        let mut policy = ReceiveCoalescing::new(true, t0);
-        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let (mut policy, mut now) = streaming();
         for hold_off in [100, 200, 400] {
             assert_eq!(policy.mark(), 4096);
             let (after, marks) = starve(&mut policy, now, 10 * MS);
@@ -358,9 +364,7 @@ mod tests {
 
     #[test]
     fn a_mark_kept_a_second_without_starving_resets_the_hold_off() {
-        let t0 = Instant::now();
-        let mut policy = ReceiveCoalescing::new(true, t0);
-        let (now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let (mut policy, now) = streaming();
         let (now, _) = starve(&mut policy, now, 10 * MS);
         let (after, _) = stream(&mut policy, now, 100 * US, 1000, 110 * MS);
         assert_eq!(policy.mark(), 4096);
@@ -375,9 +379,7 @@ mod tests {
 
     #[test]
     fn a_pause_drops_the_mark_until_the_next_bytes() {
-        let t0 = Instant::now();
-        let mut policy = ReceiveCoalescing::new(true, t0);
-        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let (mut policy, mut now) = streaming();
         now += FALLBACK;
         assert!(policy.read_due(now));
         assert_eq!(policy.after_read(0, true, now), Some(NO_MARK));
@@ -391,9 +393,7 @@ mod tests {
 
     #[test]
     fn a_long_pause_forgets_the_rate() {
-        let t0 = Instant::now();
-        let mut policy = ReceiveCoalescing::new(true, t0);
-        let (mut now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
+        let (mut policy, mut now) = streaming();
         now += FALLBACK;
         policy.after_read(0, true, now);
         now += FORGET_AFTER;
