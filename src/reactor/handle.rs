@@ -303,6 +303,11 @@ struct EventQueue {
 pub(crate) struct Shared {
     /// Commands for the reactor, taken all at once each turn.
     commands: Mutex<Vec<Command<Arc<Completion>, Arc<ConsumerQueue>>>>,
+    /// A thread waits in (or is about to enter) the poll, which only the
+    /// waker cuts short. Set under `commands`' lock as the driver looks for
+    /// queued commands before it polls, so a command queued after that
+    /// look sees it.
+    polling: AtomicBool,
     waker: mio::Waker,
     /// Bytes of publish bodies queued but not yet taken by the reactor.
     queued_bytes: AtomicUsize,
@@ -325,6 +330,7 @@ impl Shared {
     pub(crate) fn new(waker: mio::Waker) -> Self {
         Shared {
             commands: Mutex::new(Vec::new()),
+            polling: AtomicBool::new(false),
             waker,
             queued_bytes: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
@@ -354,14 +360,22 @@ impl Shared {
         }
         // A close always wakes the reactor: while it recovers it leaves
         // other commands queued, and only looks for a close when woken.
-        let wake = commands.is_empty() || matches!(command, Command::Close { .. });
+        let close = matches!(command, Command::Close { .. });
+        let first = commands.is_empty();
         // Acks and the like, unlike publishes, may be holding the broker
         // back (a consumer's prefetch): with nobody driving, this thread
         // sends them itself (see `Shared::send_acks_here`).
         let urgent = matches!(command, Command::Send { .. });
         commands.push(command);
+        let polling = self.polling.load(Ordering::Relaxed);
         drop(commands);
-        if wake && !(urgent && self.send_acks_here()) {
+        if !(first || close) || (urgent && self.send_acks_here()) {
+            return Ok(());
+        }
+        // The waker only cuts a poll short. A driver busy with a turn looks
+        // for commands before its next poll; with nobody driving, the next
+        // leader does, or the reactor thread at its next look (see `lead`).
+        if polling || close {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())
@@ -425,6 +439,19 @@ impl Shared {
     /// Whether commands wait for the reactor.
     pub(crate) fn has_commands(&self) -> bool {
         !lock(&self.commands).is_empty()
+    }
+
+    /// The driver is about to poll: from here, a queued command wakes it.
+    /// Returns whether commands wait already (then it should not wait).
+    pub(crate) fn prepare_poll(&self) -> bool {
+        let commands = lock(&self.commands);
+        self.polling.store(true, Ordering::Relaxed);
+        !commands.is_empty()
+    }
+
+    /// The driver's poll returned: it looks for commands before the next.
+    pub(crate) fn done_polling(&self) {
+        self.polling.store(false, Ordering::Relaxed);
     }
 
     /// Takes every queued command (reactor side).

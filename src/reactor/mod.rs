@@ -305,12 +305,16 @@ impl Reactor {
         for max in cap.into_iter().flatten() {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
-        // Commands queued while nobody drove may have come without a wake
-        // (acks inside `Shared::send_acks_here`'s spacing): take them now.
-        if !self.recovering && !self.session.is_closed() && self.shared.has_commands() {
+        // Commands queued while nobody polled came without a wake (acks
+        // inside `Shared::send_acks_here`'s spacing, or anything queued
+        // while the driver was busy): take them now.
+        let queued = self.shared.prepare_poll();
+        if queued && !self.recovering && !self.session.is_closed() {
             timeout = Some(Duration::ZERO);
         }
-        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+        let polled = self.poll.poll(&mut self.events, timeout);
+        self.shared.done_polling();
+        if let Err(e) = polled {
             if e.kind() != io::ErrorKind::Interrupted {
                 self.session.handle_eof(Some(e), Instant::now());
             }
