@@ -694,30 +694,32 @@ impl<R, C: Clone> Channel<R, C> {
                 return Ok(false);
             }
             Method::BasicGetEmpty(_) => out.answer(id, handle, Ok(Reply::Get(None))),
-            Method::BasicRecoverOk(_) => {
-                out.events.push_back(Event::Recovered { channel: id });
-                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
-            }
-            Method::ConfirmSelectOk(_) => {
-                self.confirms.get_or_insert_with(Confirms::new);
-                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
-            }
-            Method::BasicConsumeOk(ref ok) => {
-                if let (Some(consumer), Method::BasicConsume(_)) = (consumer, &method) {
-                    self.consumers.insert(ok.consumer_tag.clone(), consumer);
+            reply => {
+                // What the reply changes here, before its waiter sees it.
+                match &reply {
+                    Method::BasicRecoverOk(_) => {
+                        out.events.push_back(Event::Recovered { channel: id });
+                    }
+                    Method::ConfirmSelectOk(_) => {
+                        self.confirms.get_or_insert_with(Confirms::new);
+                    }
+                    Method::BasicConsumeOk(ok) => {
+                        if let (Some(consumer), Method::BasicConsume(_)) = (consumer, &method) {
+                            self.consumers.insert(ok.consumer_tag.clone(), consumer);
+                        }
+                    }
+                    Method::BasicCancelOk(ok) => {
+                        if let Some(consumer) = self.consumers.remove(&ok.consumer_tag) {
+                            out.events.push_back(Event::ConsumerEnded {
+                                consumer,
+                                reason: Ok(()),
+                            });
+                        }
+                    }
+                    _ => {}
                 }
                 out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
             }
-            Method::BasicCancelOk(ref ok) => {
-                if let Some(consumer) = self.consumers.remove(&ok.consumer_tag) {
-                    out.events.push_back(Event::ConsumerEnded {
-                        consumer,
-                        reason: Ok(()),
-                    });
-                }
-                out.answer(id, handle, Ok(Reply::Method(Box::new(reply))));
-            }
-            reply => out.answer(id, handle, Ok(Reply::Method(Box::new(reply)))),
         }
         self.pump(out);
         Ok(false)
