@@ -819,11 +819,22 @@ impl<R, C: Clone> Channel<R, C> {
     }
 
     /// Fails every call waiting on the channel (RPCs, gets, confirms) with
-    /// `error`; consumers are left alone.
+    /// `error`; started consumers are left alone. A consumer whose consume
+    /// was not answered yet ends with `error`: nobody may await its call
+    /// (`basic_consume_many`), so its end is the only news its reader gets.
     fn fail_work(&mut self, error: &Error, out: &mut Output<R, C>) {
         let id = self.id;
+        let fail_rpc = |reply, consumer: Option<C>, out: &mut Output<R, C>| {
+            out.answer(id, reply, Err(error.clone()));
+            if let Some(consumer) = consumer {
+                out.events.push_back(Event::ConsumerEnded {
+                    consumer,
+                    reason: Err(error.clone()),
+                });
+            }
+        };
         if let Some(f) = self.in_flight.take() {
-            out.answer(id, f.reply, Err(error.clone()));
+            fail_rpc(f.reply, f.consumer, out);
         }
         if let Some(reply) = self.get_reply.take() {
             out.done(reply, Err(error.clone()));
@@ -831,7 +842,9 @@ impl<R, C: Clone> Channel<R, C> {
         self.content = None;
         for queued in self.queue.drain(..) {
             match queued {
-                Queued::Rpc { reply, .. } => out.answer(id, reply, Err(error.clone())),
+                Queued::Rpc {
+                    reply, consumer, ..
+                } => fail_rpc(reply, consumer, out),
                 Queued::Publish {
                     confirm: Some(reply),
                     ..

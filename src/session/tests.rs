@@ -1066,6 +1066,48 @@ fn an_orderly_close_gives_up_waiting_for_close_ok_after_a_timeout() {
 }
 
 #[test]
+fn a_channel_close_ends_the_consumers_of_unanswered_consumes() {
+    let mut b = Broker::open(config());
+    let ch = b.open_channel(1);
+    // Two consumes, neither answered yet: one on the wire, one queued
+    // behind it.
+    for (queue, consumer, reply) in [("missing", "first", 50), ("q", "second", 51)] {
+        b.command(Command::Consume {
+            channel: ch,
+            method: BasicConsume {
+                queue: ShortString::from_static(queue),
+                ..BasicConsume::default()
+            },
+            consumer,
+            reply,
+        });
+    }
+    b.client_methods();
+    b.send_method(
+        ch,
+        ChannelClose {
+            reply_code: 404,
+            reply_text: ShortString::from_static("NOT_FOUND - no queue 'missing'"),
+            class_id: 60,
+            method_id: 20,
+        },
+    );
+    let events = b.events();
+    assert_eq!(done(&events).len(), 2);
+    let ended: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConsumerEnded {
+                consumer,
+                reason: Err(crate::Error::ChannelClosed { code: 404, .. }),
+            } => Some(*consumer),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, ["first", "second"]);
+}
+
+#[test]
 fn eof_fails_every_pending_operation_promptly() {
     let mut b = Broker::open(config());
     let ch = b.open_channel(1);
