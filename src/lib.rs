@@ -72,10 +72,12 @@ mod thread_safety {
         send_sync::<crate::blocking::Connection>();
         send_sync::<crate::blocking::Channel>();
         send_sync::<crate::blocking::Consumer>();
+        send_sync::<crate::blocking::ConsumerSet>();
         send_sync::<crate::blocking::PublishConfirm>();
         send_sync::<crate::nonblocking::Connection>();
         send_sync::<crate::nonblocking::Channel>();
         send_sync::<crate::nonblocking::Consumer>();
+        send_sync::<crate::nonblocking::ConsumerSet>();
         send_sync::<crate::nonblocking::Call<crate::Confirmation>>();
         send_sync::<crate::Error>();
     }

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use support::broker::{
     config, connect, connect_with, eventually, rabbitmqctl, unique, uri_with, Cleanup,
 };
-use warren::blocking::{Channel, Connection};
+use warren::blocking::{Channel, Connection, ConsumerSet};
 use warren::options::{
     ConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeKind, PublishOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -2492,4 +2492,206 @@ fn a_consumer_of_many_queues_yields_the_error_when_one_queue_is_missing() {
         Err(Error::ChannelClosed { code: 404, .. }) => {}
         other => panic!("expected 404 from the missing queue, got {other:?}"),
     }
+}
+
+/// Opens `count` channels on `connection`, each with an exclusive queue
+/// and per-consumer prefetch `prefetch`.
+fn channels_with_queues(
+    connection: &Connection,
+    count: usize,
+    prefetch: u16,
+) -> (Vec<Channel>, Vec<String>) {
+    let mut channels = Vec::new();
+    let mut queues = Vec::new();
+    for _ in 0..count {
+        let channel = connection.open_channel().expect("channel");
+        channel.basic_qos(prefetch, false).expect("qos");
+        queues.push(exclusive_queue(&channel));
+        channels.push(channel);
+    }
+    (channels, queues)
+}
+
+#[test]
+fn a_consumer_set_hands_out_its_members_deliveries_in_turn_across_channels() {
+    let connection = connect();
+    // A prefetch past every backlog: the broker sends everything at once,
+    // so the interleaving below is the set's doing.
+    let (channels, queues) = channels_with_queues(&connection, 3, 100);
+    for n in 0..40 {
+        publish(&channels[0], "", &queues[0], format!("busy {n}"));
+    }
+    for n in 0..4 {
+        publish(&channels[1], "", &queues[1], format!("quiet {n}"));
+    }
+    let consumers = channels
+        .iter()
+        .zip(&queues)
+        .map(|(channel, queue)| consume(channel, queue))
+        .collect();
+    let set = ConsumerSet::new(consumers);
+    // Let both backlogs arrive before taking any.
+    std::thread::sleep(QUIET);
+    let mut order = Vec::new();
+    let mut next_busy = 0;
+    while order.len() < 44 {
+        let (index, delivery) = set
+            .recv_timeout(ARRIVES)
+            .expect("recv")
+            .expect("all 44 messages arrive");
+        if index == 0 {
+            // Each member's own order is kept.
+            assert_eq!(delivery.body, format!("busy {next_busy}").as_bytes());
+            next_busy += 1;
+        }
+        order.push(index);
+        channels[index]
+            .basic_ack(delivery.delivery_tag, false)
+            .expect("ack on the delivery's own channel");
+    }
+    assert_eq!(order.iter().filter(|&&q| q == 0).count(), 40);
+    assert_eq!(
+        order[..8],
+        [0, 1, 0, 1, 0, 1, 0, 1],
+        "the quiet queue's 4 messages alternate with the busy queue's: {order:?}"
+    );
+    // Nothing more for now: a timeout, not the end.
+    assert!(matches!(set.recv_timeout(QUIET), Ok(None)));
+    assert!(!set.has_ended());
+
+    // A message that arrives while the set waits wakes it, with its index.
+    let publisher = connection.open_channel().expect("channel");
+    let late_queue = queues[2].clone();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        publish(&publisher, "", &late_queue, "late");
+    });
+    let (index, delivery) = set
+        .recv_timeout(ARRIVES)
+        .expect("recv")
+        .expect("the late one wakes the set");
+    sender.join().unwrap();
+    assert_eq!((index, &delivery.body[..]), (2, &b"late"[..]));
+    channels[2]
+        .basic_ack(delivery.delivery_tag, false)
+        .expect("ack");
+
+    for consumer in set.consumers() {
+        consumer.cancel().expect("cancel");
+    }
+    assert!(matches!(set.recv_timeout(ARRIVES), Ok(None)));
+    assert!(set.has_ended());
+}
+
+#[test]
+fn a_consumer_set_reports_a_members_end_once_and_goes_on_with_the_others() {
+    let connection = connect();
+    let (channels, queues) = channels_with_queues(&connection, 2, 10);
+    let consumers = vec![
+        consume(&channels[0], &queues[0]),
+        consume(&channels[1], &queues[1]),
+    ];
+    let set = ConsumerSet::new(consumers);
+    // Deleting the first queue makes the broker cancel its consumer.
+    channels[0]
+        .queue_delete(&queues[0], QueueDeleteOptions::default())
+        .expect("delete the first queue");
+    match set.recv_timeout(ARRIVES) {
+        Err(Error::ConsumerCancelled { .. }) => {}
+        other => panic!("expected the broker's cancel of member 0, got {other:?}"),
+    }
+    assert!(set.consumers()[0].has_ended());
+    assert!(!set.has_ended());
+    publish(&channels[1], "", &queues[1], "still here");
+    let (index, delivery) = set
+        .recv_timeout(ARRIVES)
+        .expect("recv")
+        .expect("a delivery");
+    assert_eq!((index, &delivery.body[..]), (1, &b"still here"[..]));
+    set.consumers()[1].cancel().expect("cancel");
+    assert!(matches!(set.recv_timeout(ARRIVES), Ok(None)));
+    assert!(set.has_ended());
+}
+
+#[test]
+fn a_consumer_set_drains_members_on_different_connections() {
+    let first = connect();
+    let second = connect();
+    let (first_channels, first_queues) = channels_with_queues(&first, 1, 10);
+    let (second_channels, second_queues) = channels_with_queues(&second, 1, 10);
+    let set = ConsumerSet::new(vec![
+        consume(&first_channels[0], &first_queues[0]),
+        consume(&second_channels[0], &second_queues[0]),
+    ]);
+    let mut seen = HashSet::new();
+    for round in 0..3 {
+        publish(
+            &second_channels[0],
+            "",
+            &second_queues[0],
+            format!("b{round}"),
+        );
+        publish(
+            &first_channels[0],
+            "",
+            &first_queues[0],
+            format!("a{round}"),
+        );
+        for _ in 0..2 {
+            let (index, delivery) = set.recv_timeout(ARRIVES).expect("recv").expect("comes");
+            let channel = [&first_channels[0], &second_channels[0]][index];
+            channel
+                .basic_ack(delivery.delivery_tag, false)
+                .expect("ack");
+            seen.insert(String::from_utf8(delivery.body.to_vec()).unwrap());
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+}
+
+#[test]
+fn a_consumer_set_starts_its_consumers_at_once_and_a_missing_queue_fails_only_its_member() {
+    let connection = connect();
+    let (mut channels, mut queues) = channels_with_queues(&connection, 2, 10);
+    let doomed = connection.open_channel().expect("channel");
+    channels.insert(1, doomed);
+    queues.insert(1, unique("missing"));
+    let pairs: Vec<(&Channel, &str)> = channels
+        .iter()
+        .zip(&queues)
+        .map(|(channel, queue)| (channel, queue.as_str()))
+        .collect();
+    let set = ConsumerSet::consume(&pairs, ConsumeOptions::default(), no_args())
+        .expect("the consumes are sent");
+    let tags: Vec<&str> = set.consumers().iter().map(|c| c.tag()).collect();
+    assert_eq!(tags.iter().collect::<HashSet<_>>().len(), 3, "{tags:?}");
+    match set.recv_timeout(ARRIVES) {
+        Err(Error::ChannelClosed { code: 404, .. }) => {}
+        other => panic!("expected 404 from the missing queue, got {other:?}"),
+    }
+    assert!(set.consumers()[1].has_ended());
+    for (index, channel) in [(0, &channels[0]), (2, &channels[2])] {
+        publish(channel, "", &queues[index], format!("to {index}"));
+        let (from, delivery) = set.recv_timeout(ARRIVES).expect("recv").expect("comes");
+        assert_eq!(from, index);
+        assert_eq!(delivery.consumer_tag.as_str(), Some(tags[index]));
+        channel
+            .basic_ack(delivery.delivery_tag, false)
+            .expect("ack");
+    }
+    let no_wait = ConsumeOptions {
+        no_wait: true,
+        ..Default::default()
+    };
+    assert!(matches!(
+        ConsumerSet::consume(&pairs[..1], no_wait, no_args()),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn an_empty_consumer_set_has_ended_at_once() {
+    let set = ConsumerSet::new(Vec::new());
+    assert!(set.has_ended());
+    assert!(matches!(set.recv(), Ok(None)));
 }

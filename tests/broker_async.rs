@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use warren::nonblocking::{Channel, Connection};
+use warren::nonblocking::{Channel, Connection, ConsumerSet};
 use warren::options::*;
 use warren::protocol::{BasicProperties, FieldTable, ShortString};
 use warren::{Confirmation, Error};
@@ -186,8 +186,56 @@ async fn get_and_transactions() {
     connection.close().await.unwrap();
 }
 
+/// A consumer set streams deliveries of consumers on three channels, each
+/// with its member's index; dropping it cancels them all.
+async fn a_consumer_set_streams_from_several_channels() {
+    let connection = connect().await;
+    let mut channels = Vec::new();
+    let mut queues = Vec::new();
+    let mut consumers = Vec::new();
+    for _ in 0..3 {
+        let channel = connection.open_channel().await.unwrap();
+        channel.basic_qos(10, false).await.unwrap();
+        let queue = exclusive_queue(&channel).await;
+        consumers.push(
+            channel
+                .basic_consume(&queue, "", ConsumeOptions::default(), FieldTable::new())
+                .await
+                .unwrap(),
+        );
+        channels.push(channel);
+        queues.push(queue);
+    }
+    let mut set = ConsumerSet::new(consumers);
+    for (channel, queue) in channels.iter().zip(&queues) {
+        for body in ["one", "two", "three"] {
+            publish(channel, queue, body).await;
+        }
+    }
+    let mut per_member = [0; 3];
+    for _ in 0..9 {
+        let (index, delivery) = set.next().await.expect("a delivery").unwrap();
+        per_member[index] += 1;
+        channels[index]
+            .basic_ack(delivery.delivery_tag, false)
+            .unwrap();
+    }
+    assert_eq!(per_member, [3, 3, 3]);
+    drop(set);
+    // Dropped, so cancelled: a message published now stays in its queue.
+    publish(&channels[1], &queues[1], "after").await;
+    let (left, _) = channels[1]
+        .basic_get(&queues[1], true)
+        .await
+        .unwrap()
+        .expect("the message stayed in the queue");
+    assert_eq!(&left.body[..], b"after");
+    connection.close().await.unwrap();
+}
+
 async fn all_scenarios() {
     publish_consume_ack().await;
+    a_consumer_set_streams_from_several_channels().await;
     confirms_and_returns().await;
     a_channel_error_closes_only_its_channel().await;
     get_and_transactions().await;
@@ -217,6 +265,7 @@ fn the_scenarios_pass_under_tokio_current_thread() {
 fn the_scenarios_pass_under_smol() {
     smol::block_on(async {
         confirms_and_returns().await;
+        a_consumer_set_streams_from_several_channels().await;
         get_and_transactions().await;
     });
 }

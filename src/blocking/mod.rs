@@ -8,7 +8,8 @@
 //! the driving thread hands it its result. The connection's reactor thread
 //! drives whenever no caller does.
 //!
-//! [`Connection`], [`Channel`] and [`Consumer`] are `Send + Sync`: share them
+//! [`Connection`], [`Channel`], [`Consumer`] and [`ConsumerSet`] are
+//! `Send + Sync`: share them
 //! across threads by reference or in an `Arc`. Calls on one channel are
 //! answered in the order they were made; calls on different channels run
 //! in parallel.
@@ -580,6 +581,133 @@ impl Consumer {
 
 impl Iterator for Consumer {
     type Item = Result<Delivery, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.recv().transpose()
+    }
+}
+
+/// Several consumers drained by one thread, fairly: each takes its turn to
+/// hand out one delivery, so a queue with a backlog cannot starve a quiet
+/// one. Deliveries come with the index of the consumer they came from,
+/// which tells the channel to acknowledge them on. See
+/// [`nonblocking::ConsumerSet`].
+///
+/// The consumers may be on different channels: one channel per queue lets
+/// the broker serve the queues in parallel, where one channel's consumers
+/// ([`Channel::basic_consume_many`]) are served one after another. When
+/// they are all on one connection, a waiting `recv` drives that
+/// connection's I/O as [`Consumer::recv`] does.
+///
+/// ```no_run
+/// use warren::blocking::{Connection, ConsumerSet};
+/// use warren::options::ConsumeOptions;
+/// use warren::protocol::FieldTable;
+///
+/// let connection = Connection::open("amqp://guest:guest@localhost:5672/%2f")?;
+/// let mut channels = Vec::new();
+/// let mut consumers = Vec::new();
+/// for queue in ["orders", "refunds", "audits"] {
+///     let channel = connection.open_channel()?;
+///     channel.basic_qos(100, false)?;
+///     consumers.push(channel.basic_consume(queue, "", ConsumeOptions::default(), FieldTable::new())?);
+///     channels.push(channel);
+/// }
+/// let set = ConsumerSet::new(consumers);
+/// while let Some((index, delivery)) = set.recv()? {
+///     println!("{:?} from queue {index}", delivery.body);
+///     channels[index].basic_ack(delivery.delivery_tag, false)?;
+/// }
+/// # Ok::<(), warren::Error>(())
+/// ```
+pub struct ConsumerSet {
+    members: Vec<Consumer>,
+    rotation: nonblocking::Rotation,
+    /// The members' connection, when they share one: a waiting `recv`
+    /// drives it.
+    connection: Option<Arc<Shared>>,
+}
+
+impl ConsumerSet {
+    /// Starts one consumer per `(channel, queue)` pair and drains them as
+    /// one, member `i` consuming `queues[i]`: the consumes are sent at once,
+    /// not waited for one by one. See [`nonblocking::ConsumerSet::consume`].
+    pub fn consume(
+        queues: &[(&Channel, &str)],
+        options: ConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<ConsumerSet, Error> {
+        let inner: Vec<(&nonblocking::Channel, &str)> = queues
+            .iter()
+            .map(|(channel, queue)| (&channel.inner, *queue))
+            .collect();
+        let consumers = nonblocking::consume_each(&inner, options, arguments)?;
+        Ok(ConsumerSet::new(
+            consumers
+                .into_iter()
+                .map(|inner| Consumer { inner })
+                .collect(),
+        ))
+    }
+
+    /// Drains `consumers` as one; their indexes here are their places in
+    /// the `Vec`.
+    pub fn new(consumers: Vec<Consumer>) -> ConsumerSet {
+        let rotation = nonblocking::Rotation::new(consumers.iter().map(|c| &c.inner));
+        let mut shared = consumers.iter().map(|c| c.inner.shared());
+        let first = shared.next().cloned();
+        let connection = first.filter(|first| shared.all(|other| Arc::ptr_eq(first, other)));
+        ConsumerSet {
+            members: consumers,
+            rotation,
+            connection,
+        }
+    }
+
+    /// The next delivery and the index of its consumer, waiting as long as
+    /// it takes. `Ok(None)` once every member has ended; a member that ended
+    /// with an error returns that error once.
+    pub fn recv(&self) -> Result<Option<(usize, Delivery)>, Error> {
+        wait(self.next_delivery(), self.connection.as_deref())
+    }
+
+    /// The next delivery and the index of its consumer, waiting at most
+    /// `timeout`. `Ok(None)` on timeout or once every member has ended.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<(usize, Delivery)>, Error> {
+        match block_on(
+            self.next_delivery(),
+            Some(timeout),
+            "recv",
+            self.connection.as_deref(),
+        ) {
+            Err(Error::Timeout {
+                operation: "recv", ..
+            }) => Ok(None),
+            other => other,
+        }
+    }
+
+    fn next_delivery(&self) -> impl Future<Output = Result<Option<(usize, Delivery)>, Error>> + '_ {
+        std::future::poll_fn(|cx| {
+            self.rotation
+                .poll_recv(cx, |index| &self.members[index].inner)
+        })
+    }
+
+    /// The members, in the order given.
+    pub fn consumers(&self) -> &[Consumer] {
+        &self.members
+    }
+
+    /// Whether every member has ended: tells a timeout of
+    /// [`ConsumerSet::recv_timeout`] from the end.
+    pub fn has_ended(&self) -> bool {
+        self.rotation.has_ended()
+    }
+}
+
+impl Iterator for ConsumerSet {
+    type Item = Result<(usize, Delivery), Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.recv().transpose()

@@ -11,7 +11,7 @@
 //! discarded, and a dropped consumer is cancelled with its unhanded
 //! deliveries requeued.
 //!
-//! [`Connection`], [`Channel`] and [`Consumer`] are `Send + Sync`.
+//! [`Connection`], [`Channel`], [`Consumer`] and [`ConsumerSet`] are `Send + Sync`.
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), warren::Error> {
@@ -32,7 +32,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
@@ -43,10 +43,12 @@ use futures_core::Stream;
 use crate::error::Error;
 use crate::options::*;
 use crate::protocol::{
-    BasicAck, BasicCancel, BasicNack, BasicProperties, BasicReject, FieldTable, Method,
-    QueueDeclareOk, ShortString,
+    BasicAck, BasicCancel, BasicConsume, BasicNack, BasicProperties, BasicReject, FieldTable,
+    Method, QueueDeclareOk, ShortString,
 };
-use crate::reactor::handle::{lock, ChannelShared, Completion, ConsumerQueue, Received, Shared};
+use crate::reactor::handle::{
+    lock, ChannelShared, Completion, ConsumerQueue, ReadyMembers, Received, Shared,
+};
 pub use crate::reactor::handle::{Call, ConnectionEvent};
 use crate::reactor::{self, HandshakeInfo};
 use crate::session::requests::{self, Request};
@@ -471,13 +473,7 @@ impl Channel {
             reply: completion.clone(),
         })?;
         let tag = Call::rpc(completion, sent, parse).await?;
-        Ok(Consumer {
-            tags: vec![tag],
-            channel: self.channel,
-            shared: self.shared.clone(),
-            buffer,
-            done: AtomicBool::new(false),
-        })
+        Ok(self.consumer(vec![tag], buffer))
     }
 
     /// Consumes from several queues into one [`Consumer`] that one task or
@@ -510,33 +506,63 @@ impl Channel {
                 "basic_consume_many waits for no reply already; no_wait is not for it".into(),
             ));
         }
-        static GROUPS: AtomicU64 = AtomicU64::new(0);
-        let group = GROUPS.fetch_add(1, Ordering::Relaxed);
+        let group = next_consume_group();
         let mut consumes = Vec::with_capacity(queues.len());
         for (index, queue) in queues.iter().enumerate() {
-            let tag = format!("warren.many.{}.{group}.{index}", std::process::id());
-            let (method, _) = requests::basic_consume(queue, &tag, options, arguments.clone())?;
+            let (method, _) = requests::basic_consume(
+                queue,
+                &chosen_tag(group, index),
+                options,
+                arguments.clone(),
+            )?;
             consumes.push(method);
         }
         self.check()?;
         let tags: Vec<ShortString> = consumes.iter().map(|c| c.consumer_tag.clone()).collect();
         let buffer = ConsumerQueue::new(self.channel, self.state.clone(), !options.no_ack);
         for method in consumes {
-            // The answers are not awaited: a refusal closes the channel,
-            // which ends the consumer with the broker's reason.
-            self.shared.submit(Command::Consume {
-                channel: self.channel,
-                method,
-                consumer: buffer.clone(),
-                reply: Completion::new(),
-            })?;
+            self.send_consume(method, &buffer)?;
         }
-        Ok(Consumer {
+        Ok(self.consumer(tags, buffer))
+    }
+
+    /// Starts a consumer on `queue` with the tag `tag` without waiting for
+    /// consume-ok (for [`ConsumerSet::consume`]).
+    fn consume_unawaited(
+        &self,
+        queue: &str,
+        tag: &str,
+        options: ConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<Consumer, Error> {
+        let (method, _) = requests::basic_consume(queue, tag, options, arguments)?;
+        self.check()?;
+        let buffer = ConsumerQueue::new(self.channel, self.state.clone(), !options.no_ack);
+        let tags = vec![method.consumer_tag.clone()];
+        self.send_consume(method, &buffer)?;
+        Ok(self.consumer(tags, buffer))
+    }
+
+    /// The handle of a consumer on this channel with `tags`, reading `buffer`.
+    fn consumer(&self, tags: Vec<ShortString>, buffer: Arc<ConsumerQueue>) -> Consumer {
+        Consumer {
             tags,
             channel: self.channel,
             shared: self.shared.clone(),
             buffer,
             done: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends a basic.consume for `buffer` whose answer nobody awaits: a
+    /// refusal closes the channel, which ends the consumer with the
+    /// broker's reason.
+    fn send_consume(&self, method: BasicConsume, buffer: &Arc<ConsumerQueue>) -> Result<(), Error> {
+        self.shared.submit(Command::Consume {
+            channel: self.channel,
+            method,
+            consumer: buffer.clone(),
+            reply: Completion::new(),
         })
     }
 
@@ -703,6 +729,40 @@ impl Channel {
     }
 }
 
+/// Starts one consumer per `(channel, queue)` pair with warren's tags,
+/// sending the consumes without awaiting them (see [`ConsumerSet::consume`]).
+pub(crate) fn consume_each(
+    queues: &[(&Channel, &str)],
+    options: ConsumeOptions,
+    arguments: FieldTable,
+) -> Result<Vec<Consumer>, Error> {
+    if options.no_wait {
+        return Err(Error::InvalidArgument(
+            "ConsumerSet::consume waits for no reply already; no_wait is not for it".into(),
+        ));
+    }
+    let group = next_consume_group();
+    queues
+        .iter()
+        .enumerate()
+        .map(|(index, (channel, queue))| {
+            channel.consume_unawaited(queue, &chosen_tag(group, index), options, arguments.clone())
+        })
+        .collect()
+}
+
+/// A number no other group of warren-chosen consumer tags in this process
+/// has.
+fn next_consume_group() -> u64 {
+    static GROUPS: AtomicU64 = AtomicU64::new(0);
+    GROUPS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The consumer tag warren chooses for the `index`th consume of `group`.
+fn chosen_tag(group: u64, index: usize) -> String {
+    format!("warren.many.{}.{group}.{index}", std::process::id())
+}
+
 /// A publish checked and encoded on the caller's thread: its method, its
 /// encoded properties and its body.
 fn prepare_message(
@@ -848,6 +908,157 @@ impl Drop for Consumer {
                         requeue: true,
                     }),
                 });
+            }
+        }
+    }
+}
+
+/// Several consumers drained as one, fairly: each takes its turn to hand
+/// out one delivery, in the order they came to hold one, so a queue with a
+/// backlog cannot starve a quiet one. Deliveries come with the index of the
+/// consumer they came from, which tells the channel to acknowledge them on.
+///
+/// The consumers may be on different channels (one channel per queue lets
+/// the broker serve the queues in parallel) and connections. Take
+/// deliveries through the set; its members are there for their tags,
+/// `cancel` and `has_ended`. Dropping the set drops (so cancels) them.
+///
+/// As a `Stream` it yields `(index, delivery)`. It ends once every member
+/// has ended; a member that ended with an error yields that error once.
+pub struct ConsumerSet {
+    members: Vec<Consumer>,
+    rotation: Rotation,
+}
+
+impl ConsumerSet {
+    /// Starts one consumer per `(channel, queue)` pair and drains them as
+    /// one, member `i` consuming `queues[i]`; tags are warren's, as in
+    /// [`Channel::basic_consume_many`]. The consumes are sent at once, not
+    /// awaited one by one: a refused one (a missing queue, 404) closes its
+    /// channel, and the set yields that error. Give each channel its
+    /// prefetch (`basic_qos`) first.
+    pub fn consume(
+        queues: &[(&Channel, &str)],
+        options: ConsumeOptions,
+        arguments: FieldTable,
+    ) -> Result<ConsumerSet, Error> {
+        consume_each(queues, options, arguments).map(ConsumerSet::new)
+    }
+
+    /// Drains `consumers` as one; their indexes here are their places in
+    /// the `Vec`.
+    pub fn new(consumers: Vec<Consumer>) -> ConsumerSet {
+        let rotation = Rotation::new(consumers.iter());
+        ConsumerSet {
+            members: consumers,
+            rotation,
+        }
+    }
+
+    /// The next delivery and the index of its consumer; `Ok(None)` once
+    /// every member has ended.
+    pub async fn recv(&self) -> Result<Option<(usize, Delivery)>, Error> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next delivery and the index of its consumer.
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<(usize, Delivery)>, Error>> {
+        self.rotation.poll_recv(cx, |index| &self.members[index])
+    }
+
+    /// The members, in the order given.
+    pub fn consumers(&self) -> &[Consumer] {
+        &self.members
+    }
+
+    /// Whether every member has ended.
+    pub fn has_ended(&self) -> bool {
+        self.rotation.has_ended()
+    }
+}
+
+impl Stream for ConsumerSet {
+    type Item = Result<(usize, Delivery), Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.poll_recv(cx).map(Result::transpose)
+    }
+}
+
+/// The turn-taking behind both facades' consumer sets: which member goes
+/// next, and which have ended.
+pub(crate) struct Rotation {
+    ready: Arc<ReadyMembers>,
+    /// Per member: its end was seen (and reported).
+    retired: Box<[AtomicBool]>,
+    /// Members not retired yet.
+    live: AtomicUsize,
+}
+
+impl Rotation {
+    /// Makes `members` (indexed in order) take turns.
+    pub(crate) fn new<'a>(members: impl ExactSizeIterator<Item = &'a Consumer>) -> Rotation {
+        let ready = Arc::new(ReadyMembers::default());
+        let retired: Box<[AtomicBool]> =
+            (0..members.len()).map(|_| AtomicBool::new(false)).collect();
+        let mut live = 0;
+        for (index, member) in members.enumerate() {
+            if member.done.load(Ordering::Acquire) {
+                retired[index].store(true, Ordering::Relaxed);
+            } else {
+                member.buffer.join(&ready, index);
+                live += 1;
+            }
+        }
+        Rotation {
+            ready,
+            retired,
+            live: AtomicUsize::new(live),
+        }
+    }
+
+    /// Whether every member has ended.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.live.load(Ordering::Acquire) == 0
+    }
+
+    /// The next delivery from the member whose turn it is; `member(i)` is
+    /// member `i`.
+    pub(crate) fn poll_recv<'a>(
+        &self,
+        cx: &mut Context<'_>,
+        member: impl Fn(usize) -> &'a Consumer,
+    ) -> Poll<Result<Option<(usize, Delivery)>, Error>> {
+        loop {
+            if self.has_ended() {
+                return Poll::Ready(Ok(None));
+            }
+            let Some(index) = self.ready.pop(cx) else {
+                return Poll::Pending;
+            };
+            if self.retired[index].load(Ordering::Acquire) {
+                continue;
+            }
+            let consumer = member(index);
+            match consumer.buffer.try_recv_member() {
+                Some(Received::Delivery(delivery)) => {
+                    // Last in line again: the others go first.
+                    self.ready.push(index);
+                    return Poll::Ready(Ok(Some((index, delivery))));
+                }
+                // Retired once, by whichever receiver saw the end first.
+                Some(Received::Ended(reason))
+                    if !self.retired[index].swap(true, Ordering::AcqRel) =>
+                {
+                    consumer.done.store(true, Ordering::Release);
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                    reason?;
+                }
+                // Nothing yet: it is listed again when something comes.
+                Some(Received::Ended(_)) | None => {}
             }
         }
     }

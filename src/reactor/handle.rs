@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
@@ -96,6 +96,9 @@ struct ConsumerState {
     /// Why the consumer ended: `Ok` for a cancel by the application.
     ended: Option<Result<(), Error>>,
     waker: Option<Waker>,
+    /// In a consumer set: whether this member is in its turn order (or
+    /// about to be put there), so it is listed at most once.
+    listed: bool,
 }
 
 /// A consumer's buffer of deliveries, filled by the reactor in batches.
@@ -116,6 +119,8 @@ pub(crate) struct ConsumerQueue {
     pub(crate) channel: ChannelRef,
     /// That channel's state, where delivered tags are recorded.
     pub(crate) channel_state: Arc<ChannelShared>,
+    /// The consumer set this consumer joined, and its place in it.
+    member_of: OnceLock<(Arc<ReadyMembers>, usize)>,
 }
 
 /// What a consumer's receiver found.
@@ -136,13 +141,40 @@ impl ConsumerQueue {
                 deliveries: VecDeque::new(),
                 ended: None,
                 waker: None,
+                listed: false,
             }),
             taken: Mutex::new(VecDeque::new()),
             abandoned: AtomicBool::new(false),
             acknowledged,
             channel,
             channel_state,
+            member_of: OnceLock::new(),
         })
+    }
+
+    /// Makes this consumer member `index` of the set whose turn order is
+    /// `ready`, listed there at once (its first turn finds out whether it
+    /// holds anything). A consumer joins one set at most.
+    pub(crate) fn join(&self, ready: &Arc<ReadyMembers>, index: usize) {
+        if self.member_of.set((ready.clone(), index)).is_ok() {
+            lock(&self.state).listed = true;
+            ready.push(index);
+        }
+    }
+
+    /// After something was buffered or the end recorded (under the state
+    /// lock): whether this consumer must now be listed in its set's turn
+    /// order. `announce` lists it, once the lock is let go.
+    fn needs_listing(&self, state: &mut ConsumerState) -> bool {
+        let newly = self.member_of.get().is_some() && !state.listed;
+        state.listed |= newly;
+        newly
+    }
+
+    fn announce(&self) {
+        if let Some((ready, index)) = self.member_of.get() {
+            ready.push(*index);
+        }
     }
 
     /// Whether the application dropped the consumer.
@@ -168,11 +200,7 @@ impl ConsumerQueue {
                 None => break,
             }
         }
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.wake(state);
     }
 
     /// Marks the end of the stream (after what is buffered).
@@ -181,31 +209,56 @@ impl ConsumerQueue {
         if state.ended.is_none() {
             state.ended = Some(reason);
         }
+        self.wake(state);
+    }
+
+    /// Wakes whoever waits for this consumer: its own receiver, or the
+    /// set it is a member of.
+    fn wake(&self, mut state: MutexGuard<'_, ConsumerState>) {
         let waker = state.waker.take();
+        let newly_listed = self.needs_listing(&mut state);
         drop(state);
         if let Some(w) = waker {
             w.wake();
+        }
+        if newly_listed {
+            self.announce();
         }
     }
 
     /// Polls for the next delivery or the end.
     pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Received> {
+        match self.next_or(|state| state.waker = Some(cx.waker().clone())) {
+            Some(received) => Poll::Ready(received),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The next delivery or the end, for the consumer set this consumer
+    /// is a member of; `None` (and unlisted) when there is neither yet.
+    pub(crate) fn try_recv_member(&self) -> Option<Received> {
+        self.next_or(|state| state.listed = false)
+    }
+
+    /// The next delivery or the end, or `None` after calling `when_empty`
+    /// under the state lock (where the reactor adds deliveries).
+    fn next_or(&self, when_empty: impl FnOnce(&mut ConsumerState)) -> Option<Received> {
         let mut taken = lock(&self.taken);
         if let Some(d) = taken.pop_front() {
-            return Poll::Ready(Received::Delivery(d));
+            return Some(Received::Delivery(d));
         }
         let mut state = lock(&self.state);
         // Swap buffers: the reactor keeps filling the (empty, already
         // allocated) one this side emptied.
         std::mem::swap(&mut *taken, &mut state.deliveries);
         if let Some(d) = taken.pop_front() {
-            return Poll::Ready(Received::Delivery(d));
+            return Some(Received::Delivery(d));
         }
         match state.ended.clone() {
-            Some(reason) => Poll::Ready(Received::Ended(reason)),
+            Some(reason) => Some(Received::Ended(reason)),
             None => {
-                state.waker = Some(cx.waker().clone());
-                Poll::Pending
+                when_empty(&mut state);
+                None
             }
         }
     }
@@ -216,6 +269,48 @@ impl ConsumerQueue {
         let mut state = lock(&self.state);
         self.abandoned.store(true, Ordering::Release);
         taken.drain(..).chain(state.deliveries.drain(..)).collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// The turn order of a consumer set: the members that may hold a delivery
+/// or their end, each listed once, and the receiver waiting for one.
+#[derive(Default)]
+pub(crate) struct ReadyMembers {
+    state: Mutex<ReadyState>,
+}
+
+#[derive(Default)]
+struct ReadyState {
+    turns: VecDeque<usize>,
+    waker: Option<Waker>,
+}
+
+impl ReadyMembers {
+    /// Lists member `index` last and wakes the receiver.
+    pub(crate) fn push(&self, index: usize) {
+        let mut state = lock(&self.state);
+        state.turns.push_back(index);
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The member whose turn it is, taken off the list; with none listed,
+    /// `cx` is woken by the next `push`.
+    pub(crate) fn pop(&self, cx: &mut Context<'_>) -> Option<usize> {
+        let mut state = lock(&self.state);
+        let next = state.turns.pop_front();
+        if next.is_none() {
+            match &state.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => state.waker = Some(cx.waker().clone()),
+            }
+        }
+        next
     }
 }
 

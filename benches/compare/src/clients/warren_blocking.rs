@@ -1,15 +1,14 @@
 //! warren's blocking facade: publishes with `basic_publish` in a loop;
 //! confirms through `basic_publish_confirmed` handles, waiting for the
 //! oldest once 1000 are outstanding; consumes with `Consumer::recv`, and for
-//! many-queues with one thread draining one `basic_consume_many` consumer of
-//! every queue, on one channel (each queue's consumer with prefetch 1000, as
-//! the peers' one channel per queue).
+//! many-queues with one thread draining a `ConsumerSet` of every queue's
+//! consumer, each on its own channel with prefetch 1000 (as the peers).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use warren::blocking::{Channel, Connection, Consumer};
+use warren::blocking::{Channel, Connection, Consumer, ConsumerSet};
 use warren::options::{ConsumeOptions, PublishOptions};
 use warren::protocol::{BasicProperties, FieldTable};
 
@@ -73,36 +72,39 @@ fn publish(connection: &Connection, job: &Job, signal: &mut Signal) -> Res {
 }
 
 fn consume(connection: &Connection, job: &Job, signal: &mut Signal) -> Res {
-    let channel = connection.open_channel()?;
-    channel.basic_qos(PREFETCH, false)?;
+    // One channel per queue, as the peers do, each with prefetch 1000.
+    let mut channels = Vec::with_capacity(job.queues.len());
+    for _ in &job.queues {
+        let channel = connection.open_channel()?;
+        channel.basic_qos(PREFETCH, false)?;
+        channels.push(channel);
+    }
     let counts = signal.counts();
     signal.go();
     let per_queue = job.per_queue();
-    if job.queues.len() == 1 {
-        let consumer = start(&channel, &job.queues[0])?;
-        drain(&channel, &consumer, per_queue, &counts[0])?;
+    if channels.len() == 1 {
+        let consumer = start(&channels[0], &job.queues[0])?;
+        drain(&channels[0], &consumer, per_queue, &counts[0])?;
     } else {
-        // One basic_consume_many consumer of every queue, on this channel,
-        // drained by this thread: while its buffer is dry the thread reads
-        // the socket itself, so no other thread is involved.
-        let queues: Vec<&str> = job.queues.iter().map(String::as_str).collect();
-        let consumer =
-            channel.basic_consume_many(&queues, ConsumeOptions::default(), FieldTable::new())?;
-        let queue_of: HashMap<String, usize> = consumer
-            .tags()
-            .enumerate()
-            .map(|(queue, tag)| (tag.to_owned(), queue))
+        // One consumer set over every queue's consumer (the consumes sent
+        // at once, as the peers' tasks send theirs), drained by this thread:
+        // while it is dry the thread reads the socket itself, so no other
+        // thread is involved.
+        let pairs: Vec<(&Channel, &str)> = channels
+            .iter()
+            .zip(&job.queues)
+            .map(|(channel, queue)| (channel, queue.as_str()))
             .collect();
-        let total = per_queue * queues.len() as u64;
-        for received in 1..=total {
-            let delivery = consumer.recv()?.ok_or("the consumer ended early")?;
-            let tag = delivery.consumer_tag.as_str().unwrap_or_default();
-            let queue = *queue_of.get(tag).ok_or("a delivery for an unknown tag")?;
+        let set = ConsumerSet::consume(&pairs, ConsumeOptions::default(), FieldTable::new())?;
+        let mut received = vec![0u64; channels.len()];
+        for _ in 0..per_queue * channels.len() as u64 {
+            let (queue, delivery) = set.recv()?.ok_or("the consumers ended early")?;
             counts[queue].fetch_add(1, Ordering::Relaxed);
+            received[queue] += 1;
             // Deliveries on a channel come in tag order: a multiple ack
-            // covers exactly what was received.
-            if ack_now(received, total) {
-                channel.basic_ack(delivery.delivery_tag, true)?;
+            // covers exactly what its channel received.
+            if ack_now(received[queue], per_queue) {
+                channels[queue].basic_ack(delivery.delivery_tag, true)?;
             }
         }
     }
