@@ -204,9 +204,9 @@ pub struct ConnectionConfig {
     pub recovery: Option<RecoveryConfig>,
     /// Receive coalescing: while the broker streams to this connection fast
     /// (more than about 4 KiB per millisecond), the socket wakes the
-    /// connection once half a millisecond of bytes has arrived (a few KiB)
+    /// connection once up to a millisecond of bytes has arrived (4-64 KiB)
     /// instead of on every packet, which saves most of the wake-ups and
-    /// system calls of a fast consumer. A message can then wait about half a
+    /// system calls of a fast consumer. A message can then wait up to a
     /// millisecond for the rest of its batch, and the last bytes of a burst
     /// at most a millisecond; slower traffic is read as soon as it arrives.
     /// Default `true` (Linux only: elsewhere it has no effect).

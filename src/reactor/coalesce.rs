@@ -5,8 +5,11 @@
 //! wakes, so it wakes once per TCP segment or two and pays a sleep, a wake
 //! and two system calls for a handful of messages. When bytes arrive fast,
 //! the reactor asks the kernel (`SO_RCVLOWAT`) to report the socket readable
-//! only once a *mark* of bytes waits: half a millisecond of the arrival rate
-//! measured while bytes flow, between [`MIN_MARK`] and [`MAX_MARK`].
+//! only once a *mark* of bytes waits: a millisecond of the arrival rate
+//! measured while bytes flow (rounded down to a power of two), between
+//! [`MIN_MARK`] and [`MAX_MARK`]. Each wake-up's fixed cost (a sleep, a wake,
+//! two system calls, and for the async facade a second thread's wake-up)
+//! is then shared by a batch worth a millisecond's work or less.
 //!
 //! - **Nothing is stranded.** While a mark is set the reactor waits at most
 //!   [`FALLBACK`] past its last read, then reads whatever is there.
@@ -25,8 +28,8 @@
 //!   [`CLEAN_SPAN`].
 //!
 //! The cost is latency while streaming: a message waits for the mark to
-//! fill, about half a millisecond, and the last bytes of a burst wait for
-//! the fallback, at most a millisecond. Off with
+//! fill, half a millisecond to a millisecond, and the last bytes of a burst
+//! wait for the fallback, at most a millisecond. Off with
 //! [`ConnectionConfig::receive_coalescing`](crate::ConnectionConfig::receive_coalescing).
 //!
 //! This is policy only: it decides the mark from reads and their times, and
@@ -46,10 +49,10 @@ const FORGET_AFTER: Duration = Duration::from_millis(10);
 
 /// The smallest mark worth setting: below it, the stream is slow enough that
 /// waking per packet costs little.
-const MIN_MARK: usize = 2 * 1024;
+const MIN_MARK: usize = 4 * 1024;
 
 /// The largest mark (wakes at most this far apart in bytes).
-const MAX_MARK: usize = 16 * 1024;
+const MAX_MARK: usize = 64 * 1024;
 
 /// Stalls with no read in between that the kernel woke us for at a mark:
 /// they hold marks off.
@@ -217,15 +220,16 @@ impl ReceiveCoalescing {
     }
 }
 
-/// The mark for an arrival rate of `per_ms` bytes per millisecond: half a
-/// millisecond of it, as a power of two within [`MIN_MARK`]..=[`MAX_MARK`]
-/// (so small changes in rate leave the mark alone), or [`NO_MARK`].
+/// The mark for an arrival rate of `per_ms` bytes per millisecond: a
+/// millisecond of it rounded down to a power of two (so small changes in
+/// rate leave the mark alone, and the mark fills within the fallback wait),
+/// within [`MIN_MARK`]..=[`MAX_MARK`], or [`NO_MARK`].
 fn mark_for(per_ms: u128) -> usize {
-    let half = usize::try_from(per_ms / 2).unwrap_or(usize::MAX);
-    if half < MIN_MARK {
+    let per_ms = usize::try_from(per_ms).unwrap_or(usize::MAX);
+    if per_ms < MIN_MARK {
         return NO_MARK;
     }
-    (1 << half.ilog2()).min(MAX_MARK)
+    (1 << per_ms.ilog2()).min(MAX_MARK)
 }
 
 #[cfg(test)]
@@ -234,6 +238,8 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
     const US: Duration = Duration::from_micros(1);
+    /// The mark for 10,000 bytes per millisecond.
+    const STREAMING_MARK: usize = 8192;
 
     /// Reads `bytes` every `every` for `span`, by readiness; returns the
     /// marks set along the way.
@@ -254,13 +260,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fast_stream_gets_half_a_millisecond_of_bytes_as_its_mark() {
+    fn a_fast_stream_gets_a_millisecond_of_bytes_as_its_mark() {
         let t0 = Instant::now();
         let mut policy = ReceiveCoalescing::new(true, t0);
-        // 1,000 bytes every 100 µs: 10,000 bytes per ms, so a 4 KiB mark.
+        // 1,000 bytes every 100 µs: 10,000 bytes per ms, so an 8 KiB mark.
         let (now, marks) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
-        assert_eq!(marks, vec![4096]);
-        assert_eq!(policy.mark(), 4096);
+        assert_eq!(marks, vec![8192]);
+        assert_eq!(policy.mark(), 8192);
         assert_eq!(policy.max_wait(now), Some(FALLBACK));
         assert!(!policy.read_due(now + FALLBACK / 2));
         assert!(policy.read_due(now + FALLBACK));
@@ -272,9 +278,9 @@ mod tests {
         let mut policy = ReceiveCoalescing::new(true, t0);
         let (now, marks) = stream(&mut policy, t0, 100 * US, 64 * 1024, 10 * MS);
         assert_eq!(marks, vec![MAX_MARK]);
-        // 600 bytes per 100 µs: 6,000 per ms, a 2 KiB mark.
+        // 600 bytes per 100 µs: 6,000 per ms, a 4 KiB mark.
         let (now, marks) = stream(&mut policy, now, 100 * US, 600, 10 * MS);
-        assert_eq!(marks, vec![2048]);
+        assert_eq!(marks, vec![4096]);
         // 300 per 100 µs: 3,000 per ms, not worth a mark.
         let (_, marks) = stream(&mut policy, now, 100 * US, 300, 10 * MS);
         assert_eq!(marks, vec![NO_MARK]);
@@ -290,13 +296,13 @@ mod tests {
         assert!(!policy.read_due(now + 10 * FALLBACK));
     }
 
-    /// A policy that has seen 10 ms of 1,000 bytes every 100 µs (a 4 KiB
+    /// A policy that has seen 10 ms of 1,000 bytes every 100 µs (an 8 KiB
     /// mark), and the time then.
     fn streaming() -> (ReceiveCoalescing, Instant) {
         let t0 = Instant::now();
         let mut policy = ReceiveCoalescing::new(true, t0);
         let (now, _) = stream(&mut policy, t0, 100 * US, 1000, 10 * MS);
-        assert_eq!(policy.mark(), 4096);
+        assert_eq!(policy.mark(), STREAMING_MARK);
         (policy, now)
     }
 
@@ -331,25 +337,25 @@ mod tests {
             now = after;
         }
         assert!(marks.iter().all(|&mark| mark > NO_MARK), "{marks:?}");
-        assert_eq!(policy.mark(), 4096);
+        assert_eq!(policy.mark(), STREAMING_MARK);
     }
 
     #[test]
     fn a_stall_brings_an_overshooting_mark_down_to_the_rate_it_shows() {
         let t0 = Instant::now();
         let mut policy = ReceiveCoalescing::new(true, t0);
-        let (mut now, _) = stream(&mut policy, t0, 100 * US, 4000, 10 * MS);
+        let (mut now, _) = stream(&mut policy, t0, 100 * US, 8000, 10 * MS);
         assert_eq!(policy.mark(), MAX_MARK);
-        // 6,000 bytes in a millisecond: a 2 KiB mark fits.
+        // 6,000 bytes in a millisecond: a 4 KiB mark fits.
         now += FALLBACK;
-        assert_eq!(policy.after_read(6000, true, now), Some(2048));
+        assert_eq!(policy.after_read(6000, true, now), Some(4096));
     }
 
     #[test]
     fn stalls_in_a_row_drop_the_mark_and_holds_it_off_doubling() {
         let (mut policy, mut now) = streaming();
         for hold_off in [100, 200, 400] {
-            assert_eq!(policy.mark(), 4096);
+            assert_eq!(policy.mark(), STREAMING_MARK);
             let (after, marks) = starve(&mut policy, now, 10 * MS);
             assert_eq!(marks.last(), Some(&NO_MARK), "{marks:?}");
             // Held off: a fast stream gets no mark until the hold-off ends.
@@ -357,7 +363,7 @@ mod tests {
             let (after, marks) = stream(&mut policy, after, 100 * US, 1000, held);
             assert!(marks.is_empty(), "{marks:?} within {hold_off} ms");
             let (after, marks) = stream(&mut policy, after, 100 * US, 1000, 10 * MS);
-            assert_eq!(marks, vec![4096]);
+            assert_eq!(marks, vec![STREAMING_MARK]);
             now = after;
         }
     }
@@ -367,14 +373,14 @@ mod tests {
         let (mut policy, now) = streaming();
         let (now, _) = starve(&mut policy, now, 10 * MS);
         let (after, _) = stream(&mut policy, now, 100 * US, 1000, 110 * MS);
-        assert_eq!(policy.mark(), 4096);
+        assert_eq!(policy.mark(), STREAMING_MARK);
         // A second of streaming: the next starving holds off 100 ms again.
         let (now, _) = stream(&mut policy, after, 100 * US, 1000, CLEAN_SPAN + 5 * MS);
         let (now, _) = starve(&mut policy, now, 10 * MS);
         let (now, marks) = stream(&mut policy, now, 100 * US, 1000, 90 * MS);
         assert!(marks.is_empty(), "{marks:?}");
         stream(&mut policy, now, 100 * US, 1000, 20 * MS);
-        assert_eq!(policy.mark(), 4096);
+        assert_eq!(policy.mark(), STREAMING_MARK);
     }
 
     #[test]
@@ -388,7 +394,7 @@ mod tests {
         assert!(!policy.read_due(now + 5 * MS));
         // The first bytes after the pause bring the mark back.
         now += 5 * MS;
-        assert_eq!(policy.after_read(1000, false, now), Some(4096));
+        assert_eq!(policy.after_read(1000, false, now), Some(STREAMING_MARK));
     }
 
     #[test]
@@ -422,9 +428,10 @@ mod tests {
     fn marks_are_powers_of_two_within_bounds() {
         assert_eq!(mark_for(0), NO_MARK);
         assert_eq!(mark_for(4095), NO_MARK);
-        assert_eq!(mark_for(4096), 2048);
-        assert_eq!(mark_for(12_000), 4096);
-        assert_eq!(mark_for(16_384), 8192);
+        assert_eq!(mark_for(4096), 4096);
+        assert_eq!(mark_for(12_000), 8192);
+        assert_eq!(mark_for(16_384), 16_384);
+        assert_eq!(mark_for(100_000), MAX_MARK);
         assert_eq!(mark_for(u128::MAX), MAX_MARK);
     }
 }
