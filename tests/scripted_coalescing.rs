@@ -3,7 +3,9 @@
 //! connection's socket gets a receive mark (`SO_RCVLOWAT`), the bytes of a
 //! burst's end that never reach the mark still arrive promptly, the mark
 //! goes when the stream pauses, and an RPC after the stream is answered at
-//! once. The tests read the mark off the client's socket, found by its peer
+//! once; an ack made while the stream's brief polls run (which an ack does
+//! not cut short) still leaves promptly when the stream stops right there.
+//! The tests read the mark off the client's socket, found by its peer
 //! address among this process's descriptors. Linux only, as coalescing is.
 #![cfg(target_os = "linux")]
 
@@ -12,7 +14,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::fake_broker::{deliver_bytes, FakeBroker, Peer, Step, Tune};
+use support::fake_broker::{deliver_bytes, fail, FakeBroker, Peer, Step, Tune};
 use warren::blocking::Connection;
 use warren::options::{ConsumeOptions, QueueDeclareOptions};
 use warren::protocol::{FieldTable, Method, MethodId, QueueDeclareOk, ShortString};
@@ -30,6 +32,23 @@ const BETWEEN_BURSTS: Duration = Duration::from_micros(300);
 const PROMPTLY: Duration = Duration::from_millis(500);
 const ARRIVES: Duration = Duration::from_secs(5);
 
+/// Sends `BURSTS` fast bursts of deliveries for consumer `tag` on channel
+/// 1; returns the last delivery tag.
+fn stream_bursts(peer: &mut Peer, tag: &ShortString) -> Step<u64> {
+    let body = vec![b'x'; BODY];
+    let mut delivery_tag = 0;
+    for _ in 0..BURSTS {
+        let mut burst = Vec::new();
+        for _ in 0..PER_BURST {
+            delivery_tag += 1;
+            burst.extend(deliver_bytes(1, tag, delivery_tag, &body, 131_072));
+        }
+        peer.send_raw(&burst)?;
+        std::thread::sleep(BETWEEN_BURSTS);
+    }
+    Ok(delivery_tag)
+}
+
 /// The fake broker's side: a consumer's deliveries in fast bursts, then one
 /// small delivery right behind the last burst, then a queue.declare-ok for
 /// the client's declare, then the close.
@@ -38,17 +57,7 @@ fn streaming_broker() -> FakeBroker {
         peer.handshake(Tune::default())?;
         peer.serve_channel_open(1)?;
         let tag = peer.serve_consume(1)?;
-        let body = vec![b'x'; BODY];
-        let mut delivery_tag = 0;
-        for _ in 0..BURSTS {
-            let mut burst = Vec::new();
-            for _ in 0..PER_BURST {
-                delivery_tag += 1;
-                burst.extend(deliver_bytes(1, &tag, delivery_tag, &body, 131_072));
-            }
-            peer.send_raw(&burst)?;
-            std::thread::sleep(BETWEEN_BURSTS);
-        }
+        let mut delivery_tag = stream_bursts(peer, &tag)?;
         // The tail: far under any mark, and nothing after it.
         delivery_tag += 1;
         peer.send_raw(&deliver_bytes(1, &tag, delivery_tag, b"tail", 131_072))?;
@@ -184,5 +193,71 @@ fn with_receive_coalescing_off_the_socket_keeps_waking_on_every_byte() {
     let broker = streaming_broker();
     let highest = consume_the_stream(&broker, broker.config().receive_coalescing(false));
     assert_eq!(highest, 1);
+    broker.finish();
+}
+
+/// The broker's side of the ack test: expects the ack of `delivery_tag`
+/// within [`PROMPTLY`], then answers with delivery `delivery_tag + 1`.
+fn expect_ack_then_answer(peer: &mut Peer, tag: &ShortString, delivery_tag: u64) -> Step {
+    let Some(frame) = peer.next_frame_within(PROMPTLY)? else {
+        return fail(format!("no ack of {delivery_tag} within {PROMPTLY:?}"));
+    };
+    match frame {
+        warren::protocol::Frame::Method {
+            method: Method::BasicAck(ack),
+            ..
+        } if ack.delivery_tag == delivery_tag => {}
+        other => return fail(format!("expected the ack of {delivery_tag}, got {other:?}")),
+    }
+    peer.send_raw(&deliver_bytes(1, tag, delivery_tag + 1, b"acked", 131_072))
+}
+
+#[test]
+fn acks_leave_promptly_both_during_a_fast_stream_and_after_it_paused() {
+    // The broker streams, then stops and waits for the ack of the last
+    // delivery, made at once: the client's reactor thread is in a brief
+    // poll (the mark is set), which an ack does not cut short, and the turn
+    // after it sends it. The second ack is made once the stream has long
+    // paused and the poll waits for nothing: that ack must wake it. Each
+    // time the client waits for the broker's answer, so nothing else wakes
+    // the connection meanwhile.
+    let broker = FakeBroker::start(|peer: &mut Peer| -> Step {
+        peer.handshake(Tune::default())?;
+        peer.serve_channel_open(1)?;
+        let tag = peer.serve_consume(1)?;
+        let last = stream_bursts(peer, &tag)?;
+        expect_ack_then_answer(peer, &tag, last)?;
+        expect_ack_then_answer(peer, &tag, last + 1)?;
+        peer.serve_close()?;
+        Ok(())
+    });
+    let config = broker.config();
+    let last = BURSTS * PER_BURST;
+    futures::executor::block_on(async {
+        let connection = warren::nonblocking::Connection::open_with(config)
+            .await
+            .expect("connect to the fake broker");
+        let channel = connection.open_channel().await.unwrap();
+        let consumer = channel
+            .basic_consume("q", "ctag", ConsumeOptions::default(), FieldTable::new())
+            .await
+            .unwrap();
+        for tag in 1..=last {
+            let delivery = consumer.recv().await.unwrap().expect("a delivery");
+            assert_eq!(delivery.delivery_tag, tag);
+        }
+        for tag in [last, last + 1] {
+            if tag > last {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            channel.basic_ack(tag, true).unwrap();
+            let answer = consumer.recv().await.unwrap().expect("the broker's answer");
+            assert_eq!(
+                (answer.delivery_tag, &answer.body[..]),
+                (tag + 1, &b"acked"[..])
+            );
+        }
+        connection.close().await.unwrap();
+    });
     broker.finish();
 }

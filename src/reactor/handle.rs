@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 
@@ -23,6 +23,14 @@ use crate::session::{ChannelRef, Command, Delivery, Reply, ReturnedMessage};
 pub(crate) const HIGH_WATER: usize = 2 << 20;
 /// Publishers waiting for room are released below this.
 pub(crate) const LOW_WATER: usize = 1 << 20;
+
+/// [`Shared::polling`]: nobody waits in the poll.
+const NOT_POLLING: u8 = 0;
+/// [`Shared::polling`]: a thread waits in the poll.
+const POLLING: u8 = 1;
+/// [`Shared::polling`]: a thread waits in a poll that ends within a
+/// millisecond (a fast stream's fallback read).
+const POLLING_BRIEFLY: u8 = 2;
 
 /// What a queued publish costs beyond its body: its method and header
 /// frames and its place in the queue, so tiny bodies are counted fairly.
@@ -398,11 +406,16 @@ struct EventQueue {
 pub(crate) struct Shared {
     /// Commands for the reactor, taken all at once each turn.
     commands: Mutex<Vec<Command<Arc<Completion>, Arc<ConsumerQueue>>>>,
-    /// A thread waits in (or is about to enter) the poll, which only the
-    /// waker cuts short. Set under `commands`' lock as the driver looks for
-    /// queued commands before it polls, so a command queued after that
+    /// Whether a thread waits in (or is about to enter) the poll, which
+    /// only the waker cuts short ([`NOT_POLLING`], [`POLLING`] or
+    /// [`POLLING_BRIEFLY`]). Set under `commands`' lock as the driver looks
+    /// for queued commands before it polls, so a command queued after that
     /// look sees it.
-    polling: AtomicBool,
+    polling: AtomicU8,
+    /// Acks wait in `commands` without having woken the poll (it was
+    /// brief): the next command wakes it as if it came first. Changed under
+    /// `commands`' lock.
+    acks_unannounced: AtomicBool,
     waker: mio::Waker,
     /// Bytes of publish bodies queued but not yet taken by the reactor.
     queued_bytes: AtomicUsize,
@@ -425,7 +438,8 @@ impl Shared {
     pub(crate) fn new(waker: mio::Waker) -> Self {
         Shared {
             commands: Mutex::new(Vec::new()),
-            polling: AtomicBool::new(false),
+            polling: AtomicU8::new(NOT_POLLING),
+            acks_unannounced: AtomicBool::new(false),
             waker,
             queued_bytes: AtomicUsize::new(0),
             output_bytes: AtomicUsize::new(0),
@@ -456,21 +470,29 @@ impl Shared {
         // A close always wakes the reactor: while it recovers it leaves
         // other commands queued, and only looks for a close when woken.
         let close = matches!(command, Command::Close { .. });
-        let first = commands.is_empty();
         // Acks and the like, unlike publishes, may be holding the broker
         // back (a consumer's prefetch): with nobody driving, this thread
         // sends them itself (see `Shared::send_acks_here`).
         let urgent = matches!(command, Command::Send { .. });
-        commands.push(command);
         let polling = self.polling.load(Ordering::Relaxed);
+        // A brief poll (a fast stream's, whose fallback read comes within a
+        // millisecond) is not cut short for an ack: the turn after it sends
+        // the ack with the next batch's, and the wake-up is saved.
+        let unannounced = urgent && polling == POLLING_BRIEFLY;
+        let first = commands.is_empty()
+            || (!unannounced && self.acks_unannounced.swap(false, Ordering::Relaxed));
+        if unannounced && first {
+            self.acks_unannounced.store(true, Ordering::Relaxed);
+        }
+        commands.push(command);
         drop(commands);
-        if !(first || close) || (urgent && self.send_acks_here()) {
+        if !(first || close) || unannounced || (urgent && self.send_acks_here()) {
             return Ok(());
         }
         // The waker only cuts a poll short. A driver busy with a turn looks
         // for commands before its next poll; with nobody driving, the next
         // leader does, or the reactor thread at its next look (see `lead`).
-        if polling || close {
+        if polling != NOT_POLLING || close {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())
@@ -538,15 +560,18 @@ impl Shared {
 
     /// The driver is about to poll: from here, a queued command wakes it.
     /// Returns whether commands wait already (then it should not wait).
-    pub(crate) fn prepare_poll(&self) -> bool {
+    /// `briefly`: the poll ends within [`FALLBACK`](super::coalesce::FALLBACK)
+    /// for a fast stream's fallback read, so acks need not cut it short.
+    pub(crate) fn prepare_poll(&self, briefly: bool) -> bool {
         let commands = lock(&self.commands);
-        self.polling.store(true, Ordering::Relaxed);
+        let state = if briefly { POLLING_BRIEFLY } else { POLLING };
+        self.polling.store(state, Ordering::Relaxed);
         !commands.is_empty()
     }
 
     /// The driver's poll returned: it looks for commands before the next.
     pub(crate) fn done_polling(&self) {
-        self.polling.store(false, Ordering::Relaxed);
+        self.polling.store(NOT_POLLING, Ordering::Relaxed);
     }
 
     /// Takes every queued command (reactor side).
@@ -554,7 +579,10 @@ impl Shared {
         &self,
         into: &mut Vec<Command<Arc<Completion>, Arc<ConsumerQueue>>>,
     ) {
-        std::mem::swap(&mut *lock(&self.commands), into);
+        let mut commands = lock(&self.commands);
+        std::mem::swap(&mut *commands, into);
+        self.acks_unannounced.store(false, Ordering::Relaxed);
+        drop(commands);
         let queued: usize = into
             .iter()
             .map(|c| match c {

@@ -308,7 +308,8 @@ impl Reactor {
         // Commands queued while nobody polled came without a wake (acks
         // inside `Shared::send_acks_here`'s spacing, or anything queued
         // while the driver was busy): take them now.
-        let queued = self.shared.prepare_poll();
+        let briefly = self.coalescing.max_wait(started).is_some();
+        let queued = self.shared.prepare_poll(briefly);
         if queued && !self.recovering && !self.session.is_closed() {
             timeout = Some(Duration::ZERO);
         }
