@@ -2,8 +2,8 @@
 //! awaiting `basic_publish` in a loop (it completes once the message is
 //! queued for the socket, so this pipelines); confirms through
 //! `basic_publish_confirmed` calls, awaiting the oldest once 1000 are
-//! outstanding; consumes from the `Stream`, and for many-queues with one
-//! task per queue.
+//! outstanding; consumes from the `Stream`, and for many-queues from one
+//! `ConsumerSet` of every queue's consumer (a channel each) in one task.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use warren::nonblocking::{Channel, Connection};
+use warren::nonblocking::{Channel, Connection, ConsumerSet};
 use warren::options::{ConsumeOptions, PublishOptions};
 use warren::protocol::{BasicProperties, FieldTable};
 
@@ -100,23 +100,24 @@ async fn consume(connection: &Connection, job: &Job, signal: &mut Signal) -> Res
         )
         .await?;
     } else {
-        // Each queue's task starts its consumer and drains it.
-        let tasks: Vec<_> = channels
+        // One consumer set over every queue's consumer (the consumes sent
+        // at once), drained by this task.
+        let pairs: Vec<(&Channel, &str)> = channels
             .iter()
             .zip(&job.queues)
-            .enumerate()
-            .map(|(i, (channel, queue))| {
-                tokio::spawn(drain(
-                    channel.clone(),
-                    queue.clone(),
-                    per_queue,
-                    counts.clone(),
-                    i,
-                ))
-            })
+            .map(|(channel, queue)| (&**channel, queue.as_str()))
             .collect();
-        for task in tasks {
-            task.await??;
+        let mut set = ConsumerSet::consume(&pairs, ConsumeOptions::default(), FieldTable::new())?;
+        let mut received = vec![0u64; channels.len()];
+        for _ in 0..per_queue * channels.len() as u64 {
+            let (queue, delivery) = set.next().await.ok_or("the consumers ended early")??;
+            counts[queue].fetch_add(1, Ordering::Relaxed);
+            received[queue] += 1;
+            // Deliveries on a channel come in tag order: a multiple ack
+            // covers exactly what its channel received.
+            if ack_now(received[queue], per_queue) {
+                channels[queue].basic_ack(delivery.delivery_tag, true)?;
+            }
         }
     }
     signal.finish_async().await;
