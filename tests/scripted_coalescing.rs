@@ -4,7 +4,8 @@
 //! burst's end that never reach the mark still arrive promptly, the mark
 //! goes when the stream pauses, and an RPC after the stream is answered at
 //! once; an ack made while the stream's brief polls run (which an ack does
-//! not cut short) still leaves promptly when the stream stops right there.
+//! not cut short) still leaves promptly when the stream stops right there;
+//! and results that arrive together wake the task awaiting them once.
 //! The tests read the mark off the client's socket, found by its peer
 //! address among this process's descriptors. Linux only, as coalescing is.
 #![cfg(target_os = "linux")]
@@ -16,8 +17,11 @@ use std::time::{Duration, Instant};
 
 use support::fake_broker::{deliver_bytes, fail, FakeBroker, Peer, Step, Tune};
 use warren::blocking::Connection;
-use warren::options::{ConsumeOptions, QueueDeclareOptions};
-use warren::protocol::{FieldTable, Method, MethodId, QueueDeclareOk, ShortString};
+use warren::options::{ConsumeOptions, PublishOptions, QueueDeclareOptions};
+use warren::protocol::{
+    BasicAck, BasicProperties, ConfirmSelectOk, FieldTable, Frame, Method, MethodId,
+    QueueDeclareOk, ShortString,
+};
 use warren::ConnectionConfig;
 
 /// Bursts the fake broker sends, each of `PER_BURST` deliveries of
@@ -259,5 +263,109 @@ fn acks_leave_promptly_both_during_a_fast_stream_and_after_it_paused() {
         }
         connection.close().await.unwrap();
     });
+    broker.finish();
+}
+
+/// Counts the wake-ups of the task it stands for.
+#[derive(Default)]
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn confirms_that_arrive_together_wake_the_task_waiting_on_them_once() {
+    // Fifty confirmed publishes, each awaited by the same task; the broker
+    // then acks them one by one, every ack in one write. The reactor reads
+    // them in one turn and wakes the task once, when all are in, not once
+    // per confirm (each waking a task that would find only its own).
+    use std::future::Future;
+    use std::sync::{mpsc, Arc};
+    use std::task::{Context, Poll, Waker};
+    const PUBLISHES: u64 = 50;
+    let (ack_now, acks_wanted) = mpsc::channel::<()>();
+    let broker = FakeBroker::start(move |peer: &mut Peer| -> Step {
+        peer.handshake(Tune::default())?;
+        peer.serve_channel_open(1)?;
+        peer.expect_method(1, MethodId::CONFIRM_SELECT)?;
+        peer.send_method(1, ConfirmSelectOk)?;
+        for _ in 0..PUBLISHES {
+            peer.expect_method(1, MethodId::BASIC_PUBLISH)?;
+            peer.next_non_heartbeat()?; // its content header
+            peer.next_non_heartbeat()?; // its body
+        }
+        if acks_wanted.recv_timeout(ARRIVES).is_err() {
+            return fail("the client never awaited its confirms");
+        }
+        let acks: Vec<Frame> = (1..=PUBLISHES)
+            .map(|delivery_tag| Frame::Method {
+                channel: 1,
+                method: BasicAck {
+                    delivery_tag,
+                    multiple: false,
+                }
+                .into(),
+            })
+            .collect();
+        peer.send_frames(&acks)?;
+        peer.serve_close()?;
+        Ok(())
+    });
+    let config = broker.config();
+    // The channel is kept: dropping it would close it, failing the calls.
+    let (connection, _channel, mut calls) = futures::executor::block_on(async {
+        let connection = warren::nonblocking::Connection::open_with(config)
+            .await
+            .expect("connect to the fake broker");
+        let channel = connection.open_channel().await.unwrap();
+        channel.confirm_select().await.unwrap();
+        let mut calls = Vec::new();
+        for _ in 0..PUBLISHES {
+            let call = channel
+                .basic_publish_confirmed(
+                    "",
+                    "q",
+                    PublishOptions::default(),
+                    BasicProperties::default(),
+                    "confirm me",
+                )
+                .await
+                .unwrap();
+            calls.push(call);
+        }
+        (connection, channel, calls)
+    });
+    let task = Arc::new(CountingWaker::default());
+    let waker = Waker::from(task.clone());
+    let mut cx = Context::from_waker(&waker);
+    for call in &mut calls {
+        assert!(std::pin::Pin::new(call).poll(&mut cx).is_pending());
+    }
+    ack_now.send(()).unwrap();
+    let woken = Instant::now();
+    while task.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            woken.elapsed() < ARRIVES,
+            "the confirms never woke the task"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Anything later would have woken it again by now.
+    std::thread::sleep(Duration::from_millis(100));
+    for call in &mut calls {
+        match std::pin::Pin::new(call).poll(&mut cx) {
+            Poll::Ready(Ok(confirmation)) => assert!(confirmation.is_ack()),
+            other => panic!("a confirm is not in after the wake-up: {other:?}"),
+        }
+    }
+    assert_eq!(task.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    futures::executor::block_on(connection.close()).unwrap();
     broker.finish();
 }

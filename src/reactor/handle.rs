@@ -73,6 +73,23 @@ impl Completion {
         }
     }
 
+    /// Stores the result and leaves its waiter's waker in `wake_later`
+    /// (unless the last one there wakes the same task): the reactor wakes
+    /// them once the whole turn's results are in, so a task waiting on one
+    /// of many results finds the others done too, rather than being woken
+    /// for each as it comes.
+    pub(crate) fn complete_later(&self, result: Result<Reply, Error>, wake_later: &mut Vec<Waker>) {
+        let mut slot = lock(&self.slot);
+        if let Slot::Pending(waker) = std::mem::replace(&mut *slot, Slot::Done(result)) {
+            drop(slot);
+            if let Some(waker) = waker {
+                if !wake_later.last().is_some_and(|w| w.will_wake(&waker)) {
+                    wake_later.push(waker);
+                }
+            }
+        }
+    }
+
     /// Polls for the result from a future.
     pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Result<Reply, Error>> {
         let mut slot = lock(&self.slot);

@@ -204,6 +204,8 @@ struct Reactor {
     /// How many bytes the socket waits for before it is reported readable.
     coalescing: ReceiveCoalescing,
     commands: Vec<Cmd>,
+    /// Wakers of the results a dispatch completed, woken at its end.
+    wake_later: Vec<std::task::Waker>,
     writable_interest: bool,
     /// From a loss until the replay is done: application commands wait.
     recovering: bool,
@@ -241,6 +243,7 @@ impl Reactor {
             read_window: MIN_READ_WINDOW,
             coalescing,
             commands: Vec::new(),
+            wake_later: Vec::new(),
             writable_interest: false,
             recovering: false,
             recovery_attempt: 0,
@@ -630,6 +633,7 @@ impl Reactor {
 
     /// Hands the session's events to the handles.
     fn dispatch(&mut self) {
+        let mut wake_later = std::mem::take(&mut self.wake_later);
         while let Some(event) = self.session.poll_event() {
             match event {
                 Event::Connected { server_properties } => {
@@ -649,7 +653,7 @@ impl Reactor {
                         lock(&self.shared.channels)
                             .insert(channel.id, Arc::new(ChannelShared::default()));
                     }
-                    reply.complete(result);
+                    reply.complete_later(result, &mut wake_later);
                 }
                 Event::Delivery { consumer, delivery } => self.hand_over(consumer, delivery),
                 Event::ConsumerEnded { consumer, reason } => consumer.end(reason),
@@ -703,6 +707,11 @@ impl Reactor {
                 }
             }
         }
+        // Drained in place: the vector keeps its room for the next turn.
+        for waker in wake_later.drain(..) {
+            waker.wake();
+        }
+        self.wake_later = wake_later;
     }
 
     /// Hands `first`, and the deliveries right behind it in the session's
