@@ -10,7 +10,21 @@
 //!   as below.
 //!
 //! Under both APIs, a sans-IO session core holds every protocol rule and one
-//! `mio` event loop thread per connection does the I/O.
+//! `mio` event loop per connection does the I/O: its own thread drives it
+//! while nobody else does, and a caller about to wait for a result drives it
+//! instead.
+//!
+//! ## Features
+//!
+//! - `tokio` (off by default): under a tokio runtime with its I/O driver
+//!   (`enable_io` or `enable_all`), an async task awaiting a result drives
+//!   the connection itself and tokio's reactor watches it, so input wakes
+//!   the executor's thread directly instead of going through the
+//!   connection's thread first: about one thread wake-up per batch of input
+//!   instead of two. Under any other executor, or a runtime without I/O,
+//!   nothing changes.
+//! - `arbitrary` (off by default): `arbitrary::Arbitrary` for the protocol
+//!   types, for fuzzing.
 //!
 //! ```
 //! use bytes::BytesMut;

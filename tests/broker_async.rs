@@ -241,10 +241,15 @@ async fn all_scenarios() {
     get_and_transactions().await;
 }
 
+// With warren's `tokio` feature on (the workspace's build turns it on), a
+// runtime with its I/O driver watches the connection and the awaiting tasks
+// drive it; one without falls back to the reactor thread.
+
 #[test]
 fn the_scenarios_pass_under_tokio_multi_thread() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
     runtime.block_on(all_scenarios());
@@ -252,6 +257,15 @@ fn the_scenarios_pass_under_tokio_multi_thread() {
 
 #[test]
 fn the_scenarios_pass_under_tokio_current_thread() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(all_scenarios());
+}
+
+#[test]
+fn the_scenarios_pass_under_a_tokio_runtime_without_io() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -367,6 +381,7 @@ fn a_dropped_rpc_future_leaves_the_channel_usable() {
 fn ten_thousand_tasks_publish_with_confirms_on_a_hundred_channels() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {

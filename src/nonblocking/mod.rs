@@ -111,6 +111,7 @@ impl Connection {
                 "unexpected reply to channel.open: {other:?}"
             ))),
         })
+        .driven_by(&self.shared)
         .await?;
         Ok(Channel {
             channel: id,
@@ -130,7 +131,11 @@ impl Connection {
             reply: completion.clone(),
         });
         let result = match sent {
-            Ok(()) => Call::plain(completion, |_| Ok(())).await,
+            Ok(()) => {
+                Call::plain(completion, |_| Ok(()))
+                    .driven_by(&self.shared)
+                    .await
+            }
             // Already closed (by the broker, or a fault): nothing to do;
             // close_reason() tells why.
             Err(_) => Ok(()),
@@ -178,7 +183,7 @@ impl Connection {
                     method: request.method,
                     reply: completion.clone(),
                 }) {
-                    Ok(()) => Call::rpc(completion, sent, request.parse),
+                    Ok(()) => Call::rpc(completion, sent, request.parse).driven_by(&self.shared),
                     Err(e) => Call::failed(e),
                 }
             }
@@ -228,7 +233,7 @@ impl Drop for Connection {
 }
 
 /// Sends a synchronous method on `channel`; the returned call reads its answer.
-fn rpc<T>(shared: &Shared, channel: ChannelRef, request: Request<T>) -> Call<T> {
+fn rpc<T>(shared: &Arc<Shared>, channel: ChannelRef, request: Request<T>) -> Call<T> {
     let completion = Completion::new();
     let sent = request.method.clone();
     match shared.submit(Command::Rpc {
@@ -236,7 +241,7 @@ fn rpc<T>(shared: &Shared, channel: ChannelRef, request: Request<T>) -> Call<T> 
         method: request.method,
         reply: completion.clone(),
     }) {
-        Ok(()) => Call::rpc(completion, sent, request.parse),
+        Ok(()) => Call::rpc(completion, sent, request.parse).driven_by(shared),
         Err(e) => Call::failed(e),
     }
 }
@@ -425,13 +430,14 @@ impl Channel {
             self.wait_for_room().await?;
             let completion = Completion::new();
             self.submit_publish(method, properties, body, Some(completion.clone()))?;
-            Ok(Call::plain(completion, requests::confirmation))
+            Ok(Call::plain(completion, requests::confirmation).driven_by(&self.shared))
         }
     }
 
     /// Ready when there is room to publish (see [`Channel::basic_publish`]).
     pub(crate) async fn wait_for_room(&self) -> Result<(), Error> {
-        std::future::poll_fn(|cx| self.shared.poll_room(cx)).await
+        std::future::poll_fn(|cx| self.shared.poll_driving(cx, |cx| self.shared.poll_room(cx)))
+            .await
     }
 
     /// Queues a publish without waiting for room.
@@ -472,7 +478,9 @@ impl Channel {
             consumer: buffer.clone(),
             reply: completion.clone(),
         })?;
-        let tag = Call::rpc(completion, sent, parse).await?;
+        let tag = Call::rpc(completion, sent, parse)
+            .driven_by(&self.shared)
+            .await?;
         Ok(self.consumer(vec![tag], buffer))
     }
 
@@ -667,7 +675,8 @@ impl Channel {
         }) {
             Ok(()) => Call::plain(completion, |r| {
                 requests::confirmation(r).map(|c| c.is_ack())
-            }),
+            })
+            .driven_by(&self.shared),
             Err(e) => Call::failed(e),
         }
     }
@@ -723,7 +732,7 @@ impl Channel {
             text: ShortString::from_static("goodbye"),
             reply: completion.clone(),
         }) {
-            Ok(()) => Call::plain(completion, |_| Ok(())),
+            Ok(()) => Call::plain(completion, |_| Ok(())).driven_by(&self.shared),
             Err(e) => Call::failed(e),
         }
     }
@@ -845,7 +854,9 @@ impl Consumer {
         if self.done.load(Ordering::Acquire) {
             return Poll::Ready(Ok(None));
         }
-        self.buffer.poll_recv(cx).map(|received| match received {
+        let buffer = &self.buffer;
+        let polled = self.shared.poll_driving(cx, |cx| buffer.poll_recv(cx));
+        polled.map(|received| match received {
             Received::Delivery(d) => Ok(Some(d)),
             Received::Ended(reason) => {
                 self.done.store(true, Ordering::Release);
@@ -996,6 +1007,10 @@ pub(crate) struct Rotation {
     retired: Box<[AtomicBool]>,
     /// Members not retired yet.
     live: AtomicUsize,
+    /// The members' connections, each once: driven while the set waits
+    /// (feature `tokio`, see `Shared::drive_async`).
+    #[cfg(all(unix, feature = "tokio"))]
+    connections: Vec<Arc<Shared>>,
 }
 
 impl Rotation {
@@ -1005,7 +1020,13 @@ impl Rotation {
         let retired: Box<[AtomicBool]> =
             (0..members.len()).map(|_| AtomicBool::new(false)).collect();
         let mut live = 0;
+        #[cfg(all(unix, feature = "tokio"))]
+        let mut connections: Vec<Arc<Shared>> = Vec::new();
         for (index, member) in members.enumerate() {
+            #[cfg(all(unix, feature = "tokio"))]
+            if !connections.iter().any(|c| Arc::ptr_eq(c, &member.shared)) {
+                connections.push(member.shared.clone());
+            }
             if member.done.load(Ordering::Acquire) {
                 retired[index].store(true, Ordering::Relaxed);
             } else {
@@ -1017,6 +1038,8 @@ impl Rotation {
             ready,
             retired,
             live: AtomicUsize::new(live),
+            #[cfg(all(unix, feature = "tokio"))]
+            connections,
         }
     }
 
@@ -1031,6 +1054,25 @@ impl Rotation {
         &self,
         cx: &mut Context<'_>,
         member: impl Fn(usize) -> &'a Consumer,
+    ) -> Poll<Result<Option<(usize, Delivery)>, Error>> {
+        let polled = self.poll_members(cx, &member);
+        #[cfg(all(unix, feature = "tokio"))]
+        if polled.is_pending() {
+            let mut drove = false;
+            for connection in &self.connections {
+                drove |= connection.drive_async(cx);
+            }
+            if drove {
+                return self.poll_members(cx, &member);
+            }
+        }
+        polled
+    }
+
+    fn poll_members<'a>(
+        &self,
+        cx: &mut Context<'_>,
+        member: &impl Fn(usize) -> &'a Consumer,
     ) -> Poll<Result<Option<(usize, Delivery)>, Error>> {
         loop {
             if self.has_ended() {

@@ -449,11 +449,18 @@ pub(crate) struct Shared {
     pub(crate) info: Mutex<Option<super::HandshakeInfo>>,
     /// The reactor, and who drives it now (see `reactor::lead`).
     pub(crate) lead: super::lead::Leadership,
+    /// The connection's poll, for an async runtime to watch (see
+    /// `reactor::runtime`); `None` if its descriptor could not be shared.
+    #[cfg(all(unix, feature = "tokio"))]
+    pub(crate) runtime: Option<super::runtime::RuntimeWatch>,
 }
 
 impl Shared {
-    pub(crate) fn new(waker: mio::Waker) -> Self {
-        Shared {
+    pub(crate) fn new(poll: &mio::Poll) -> std::io::Result<Self> {
+        let waker = mio::Waker::new(poll.registry(), super::WAKER)?;
+        #[cfg(not(all(unix, feature = "tokio")))]
+        let _ = poll;
+        Ok(Shared {
             commands: Mutex::new(Vec::new()),
             polling: AtomicU8::new(NOT_POLLING),
             acks_unannounced: AtomicBool::new(false),
@@ -467,7 +474,9 @@ impl Shared {
             events: Mutex::new(EventQueue::default()),
             info: Mutex::new(None),
             lead: Default::default(),
-        }
+            #[cfg(all(unix, feature = "tokio"))]
+            runtime: super::runtime::RuntimeWatch::new(poll).ok(),
+        })
     }
 
     /// Queues a command and wakes the reactor if it may be asleep (only the
@@ -513,6 +522,22 @@ impl Shared {
             self.waker.wake().map_err(Error::from)?;
         }
         Ok(())
+    }
+
+    /// Polls `poll` for an async caller; if it is pending and the caller
+    /// could drive the connection (feature `tokio`, see
+    /// [`Shared::drive_async`]), drives it and polls again.
+    pub(crate) fn poll_driving<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let polled = poll(cx);
+        #[cfg(all(unix, feature = "tokio"))]
+        if polled.is_pending() && self.drive_async(cx) {
+            return poll(cx);
+        }
+        polled
     }
 
     /// Adds a connection event and wakes whoever waits for one.
@@ -681,6 +706,10 @@ enum Parser<T> {
 #[must_use = "the operation is sent, but its result (and any error) is lost unless awaited or waited for"]
 pub struct Call<T> {
     state: Option<CallState<T>>,
+    /// The connection this call's task drives while it waits (feature
+    /// `tokio`; see [`Shared::drive_async`]).
+    #[cfg(all(unix, feature = "tokio"))]
+    driver: Option<Arc<Shared>>,
 }
 
 /// A call in progress (its completion and how to read it), or its early error.
@@ -692,6 +721,8 @@ impl<T> Call<T> {
     pub(crate) fn failed(error: Error) -> Self {
         Call {
             state: Some(Err(error)),
+            #[cfg(all(unix, feature = "tokio"))]
+            driver: None,
         }
     }
 
@@ -702,12 +733,31 @@ impl<T> Call<T> {
     ) -> Self {
         Call {
             state: Some(Ok((completion, Parser::Rpc(Box::new(sent), parse)))),
+            #[cfg(all(unix, feature = "tokio"))]
+            driver: None,
         }
     }
 
     pub(crate) fn plain(completion: Arc<Completion>, parse: fn(Reply) -> Result<T, Error>) -> Self {
         Call {
             state: Some(Ok((completion, Parser::Plain(parse)))),
+            #[cfg(all(unix, feature = "tokio"))]
+            driver: None,
+        }
+    }
+
+    /// An async caller awaiting this call drives `shared`'s connection
+    /// while it waits, when a runtime can watch it (feature `tokio`).
+    pub(crate) fn driven_by(self, shared: &Arc<Shared>) -> Self {
+        #[cfg(all(unix, feature = "tokio"))]
+        return Call {
+            driver: Some(shared.clone()),
+            ..self
+        };
+        #[cfg(not(all(unix, feature = "tokio")))]
+        {
+            let _ = shared;
+            self
         }
     }
 
@@ -731,8 +781,15 @@ impl<T> Future for Call<T> {
         {
             Err(_) => None,
             Ok((completion, _)) => match completion.poll(cx) {
-                Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => Some(r),
+                #[cfg(all(unix, feature = "tokio"))]
+                Poll::Pending if self.driver.as_ref().is_some_and(|s| s.drive_async(cx)) => {
+                    match completion.poll(cx) {
+                        Poll::Ready(r) => Some(r),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
             },
         };
         match (self.state.take().expect("checked above"), result) {

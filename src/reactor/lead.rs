@@ -33,6 +33,11 @@
 //!   spacing is not stranded behind a poll.
 //! - While a caller sits in one long wait (an idle consumer), the reactor
 //!   thread sleeps until that caller lets go, rather than every interval.
+//! - An async caller under tokio (feature `tokio`) leads too, without
+//!   waiting: it runs turns while input is ready, lets go, and leaves the
+//!   runtime watching the poll (see `reactor::runtime`). To the reactor
+//!   thread it is a caller that keeps driving; one that finds the reactor
+//!   thread leading asks it to hand over and is woken when the lead is free.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
@@ -77,6 +82,10 @@ pub(crate) struct Leadership {
     activity: AtomicU64,
     /// Callers that found the lead taken and want it when it is free.
     waiting: Mutex<Vec<Thread>>,
+    /// Async callers that asked the reactor thread to hand over the lead
+    /// (see `Shared::drive_async`), woken when it is free.
+    #[cfg(all(unix, feature = "tokio"))]
+    waiting_tasks: Mutex<Vec<std::task::Waker>>,
     /// A caller asked the reactor thread to hand over the lead.
     handover_wanted: AtomicBool,
     /// A caller left the connection needing the reactor thread at once.
@@ -107,6 +116,8 @@ impl Default for Leadership {
             leader: AtomicU8::new(NOBODY),
             activity: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
+            #[cfg(all(unix, feature = "tokio"))]
+            waiting_tasks: Mutex::new(Vec::new()),
             handover_wanted: AtomicBool::new(false),
             reactor_needed: AtomicBool::new(false),
             reactor_parked: AtomicBool::new(false),
@@ -143,6 +154,22 @@ impl Leadership {
         for thread in lock(&self.waiting).drain(..) {
             thread.unpark();
         }
+        #[cfg(all(unix, feature = "tokio"))]
+        for task in lock(&self.waiting_tasks).drain(..) {
+            task.wake();
+        }
+    }
+
+    /// The reactor is not open yet, closing, recovering or shut down: the
+    /// reactor thread's business. Lets go of it and, unless it is gone,
+    /// tells the reactor thread.
+    fn leave_to_reactor_thread(&self, guard: ReactorGuard<'_>) {
+        let exists = guard.is_some();
+        drop(guard);
+        if exists {
+            self.reactor_needed.store(true, Ordering::Release);
+            self.wake_reactor_thread();
+        }
     }
 
     fn wake_reactor_thread(&self) {
@@ -161,17 +188,11 @@ impl Shared {
         let Some(mut guard) = lead.try_take() else {
             return self.ask_for_lead();
         };
-        let Some(reactor) = guard.as_mut().filter(|r| r.may_lead()) else {
-            // Not open yet, closing, recovering or shut down: the reactor
-            // thread's business.
-            let exists = guard.is_some();
-            drop(guard);
-            if exists {
-                lead.reactor_needed.store(true, Ordering::Release);
-                lead.wake_reactor_thread();
-            }
+        if !guard.as_ref().is_some_and(|r| r.may_lead()) {
+            lead.leave_to_reactor_thread(guard);
             return Lead::Busy;
-        };
+        }
+        let reactor = guard.as_mut().expect("checked above");
         lead.leader.store(CALLER, Ordering::SeqCst);
         lead.activity.fetch_add(1, Ordering::AcqRel);
         reactor.settle();
@@ -203,6 +224,74 @@ impl Shared {
             lead.wake_reactor_thread();
         }
         Lead::Led
+    }
+
+    /// An async caller whose result is not in yet, under a tokio runtime
+    /// (feature `tokio`): drives the connection on this task without
+    /// waiting, then leaves tokio watching the connection's poll with this
+    /// task's waker (see `reactor::runtime`). `true` if it drove: the
+    /// caller looks for its result again. With the reactor thread leading,
+    /// asks it to hand over and is woken when the lead is free.
+    #[cfg(all(unix, feature = "tokio"))]
+    pub(crate) fn drive_async(&self, cx: &mut std::task::Context<'_>) -> bool {
+        /// Turns one drive may run while input keeps coming, before it
+        /// yields to the task's other work.
+        const MAX_TURNS: usize = 16;
+        let Some(watch) = self.runtime.as_ref().filter(|w| w.available()) else {
+            return false;
+        };
+        let lead = &self.lead;
+        match lead.leader.load(Ordering::SeqCst) {
+            NOBODY => {}
+            REACTOR_THREAD => {
+                let mut tasks = lock(&lead.waiting_tasks);
+                if !tasks.iter().any(|t| t.will_wake(cx.waker())) {
+                    tasks.push(cx.waker().clone());
+                }
+                drop(tasks);
+                lead.handover_wanted.store(true, Ordering::Release);
+                self.wake_reactor();
+                if lead.leader.load(Ordering::SeqCst) == NOBODY {
+                    // Let go before this task was recorded: nobody would
+                    // wake it, so it looks again at once.
+                    cx.waker().wake_by_ref();
+                }
+                return false;
+            }
+            // Another caller drives: its turns complete this task's result.
+            _ => return false,
+        }
+        let Some(mut guard) = lead.try_take() else {
+            return false;
+        };
+        if !guard.as_ref().is_some_and(|r| r.may_lead()) {
+            lead.leave_to_reactor_thread(guard);
+            return false;
+        }
+        let reactor = guard.as_mut().expect("checked above");
+        lead.leader.store(CALLER, Ordering::SeqCst);
+        lead.activity.fetch_add(1, Ordering::AcqRel);
+        reactor.turn(Some(Duration::ZERO));
+        let mut turns = 1;
+        while let std::task::Poll::Ready(readiness) = watch.poll_ready(cx) {
+            if turns == MAX_TURNS {
+                cx.waker().wake_by_ref();
+                break;
+            }
+            reactor.turn(Some(Duration::ZERO));
+            readiness.consumed();
+            turns += 1;
+        }
+        reactor.arm_wakeup();
+        let needs_reactor = !reactor.may_lead();
+        lead.release(guard);
+        if needs_reactor {
+            lead.reactor_needed.store(true, Ordering::Release);
+            lead.wake_reactor_thread();
+        } else if lead.reactor_parked.load(Ordering::SeqCst) {
+            lead.wake_reactor_thread();
+        }
+        true
     }
 
     /// A consumer's ack (or reject) queued while nobody drives the

@@ -15,6 +15,8 @@
 mod coalesce;
 pub(crate) mod handle;
 mod lead;
+#[cfg(all(unix, feature = "tokio"))]
+mod runtime;
 
 pub(crate) use self::lead::Lead;
 
@@ -39,6 +41,9 @@ use crate::uri::ConnectionConfig;
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
+/// The wake-up timer async callers arm (see `runtime::WakeupTimer`).
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+const WAKEUP_TIMER: Token = Token(2);
 
 /// Bytes reserved for each read: one read can take many frames.
 const READ_CHUNK: usize = 128 * 1024;
@@ -80,8 +85,7 @@ pub(crate) fn start(config: ConnectionConfig) -> Result<Starting, Error> {
         ));
     }
     let poll = Poll::new()?;
-    let waker = mio::Waker::new(poll.registry(), WAKER)?;
-    let shared = Arc::new(Shared::new(waker));
+    let shared = Arc::new(Shared::new(&poll)?);
     let handshake = Completion::new();
     let (thread_shared, thread_handshake) = (shared.clone(), handshake.clone());
     let thread = std::thread::Builder::new()
@@ -204,6 +208,10 @@ struct Reactor {
     /// How many bytes the socket waits for before it is reported readable.
     coalescing: ReceiveCoalescing,
     commands: Vec<Cmd>,
+    /// Armed for the next deadline when an async caller leaves the poll to
+    /// its runtime; `None` if it could not be made.
+    #[cfg(all(target_os = "linux", feature = "tokio"))]
+    wakeup_timer: Option<runtime::WakeupTimer>,
     /// Wakers of the results a dispatch completed, woken at its end.
     wake_later: Vec<std::task::Waker>,
     writable_interest: bool,
@@ -227,6 +235,8 @@ impl Reactor {
         poll.registry()
             .register(&mut socket, SOCKET, Interest::READABLE)?;
         let coalescing = ReceiveCoalescing::new(coalescing_wanted(&config), Instant::now());
+        #[cfg(all(target_os = "linux", feature = "tokio"))]
+        let wakeup_timer = runtime::WakeupTimer::new(poll.registry(), WAKEUP_TIMER).ok();
         Ok(Reactor {
             session: Session::new(config.clone(), Instant::now()),
             config,
@@ -243,6 +253,8 @@ impl Reactor {
             read_window: MIN_READ_WINDOW,
             coalescing,
             commands: Vec::new(),
+            #[cfg(all(target_os = "linux", feature = "tokio"))]
+            wakeup_timer,
             wake_later: Vec::new(),
             writable_interest: false,
             recovering: false,
@@ -298,14 +310,11 @@ impl Reactor {
     /// session's next deadline (and at most `max_wait`), takes what came in
     /// and every queued command, fires timers, then settles.
     fn turn(&mut self, max_wait: Option<Duration>) {
-        let deadline = match self.closed_at {
-            Some(since) => Some(since + FINAL_FLUSH),
-            None => self.session.poll_timeout(),
-        };
         let started = Instant::now();
-        let mut timeout = deadline.map(|t| t.saturating_duration_since(started));
-        let cap = [max_wait, self.coalescing.max_wait(started)];
-        for max in cap.into_iter().flatten() {
+        let mut timeout = self
+            .next_deadline(started)
+            .map(|t| t.saturating_duration_since(started));
+        if let Some(max) = max_wait {
             timeout = Some(timeout.map_or(max, |t| t.min(max)));
         }
         // Commands queued while nobody polled came without a wake (acks
@@ -356,6 +365,35 @@ impl Reactor {
             self.session.handle_timeout(now);
         }
         self.settle();
+    }
+
+    /// When the next turn is due without input: the session's next
+    /// deadline (the final flush's, once closed), or receive coalescing's
+    /// fallback read, whichever comes first.
+    fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let deadline = match self.closed_at {
+            Some(since) => Some(since + FINAL_FLUSH),
+            None => self.session.poll_timeout(),
+        };
+        match self.coalescing.max_wait(now).map(|wait| now + wait) {
+            Some(fallback) => Some(deadline.map_or(fallback, |d| d.min(fallback))),
+            None => deadline,
+        }
+    }
+
+    /// An async caller leaves the poll to its runtime: the wake-up timer
+    /// makes the poll readable at the next deadline (Linux; elsewhere the
+    /// reactor thread's handback looks after deadlines).
+    #[cfg(all(unix, feature = "tokio"))]
+    fn arm_wakeup(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            let now = Instant::now();
+            let deadline = self.next_deadline(now);
+            if let Some(timer) = &mut self.wakeup_timer {
+                timer.arm(deadline, now);
+            }
+        }
     }
 
     /// Takes every queued command into the session.

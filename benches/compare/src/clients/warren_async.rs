@@ -1,4 +1,5 @@
-//! warren's async facade under a current-thread tokio runtime: publishes by
+//! warren's async facade under a current-thread tokio runtime, with warren's
+//! `tokio` feature (this crate's dependency turns it on): publishes by
 //! awaiting `basic_publish` in a loop (it completes once the message is
 //! queued for the socket, so this pipelines); confirms through
 //! `basic_publish_confirmed` calls, awaiting the oldest once 1000 are

@@ -1,0 +1,182 @@
+//! Letting the async runtime watch the connection (feature `tokio`).
+//!
+//! By default the connection's reactor thread waits for the socket, and an
+//! async task waiting for a result is woken by that thread: each batch of
+//! input costs two thread wake-ups, the reactor thread's and then the
+//! executor's. With the `tokio` feature, a task awaiting a result under a
+//! tokio runtime drives the connection itself, as a blocking caller does
+//! (see `lead`): it runs a turn that does not wait, and leaves the runtime's
+//! own reactor watching the connection's poll, whose descriptor is readable
+//! whenever the socket, the waker or the wake-up timer has something. The
+//! input then wakes the executor's thread directly, and the task that runs
+//! next reads it.
+//!
+//! The poll's descriptor is duplicated for the runtime, so the runtime's
+//! registration outlives the reactor safely.
+//!
+//! The runtime wakes one task per readiness: the last one that drove. Other
+//! tasks waiting on the connection are woken through their results, which
+//! the driving task's turns complete. If no awaiting task drives for a
+//! while (the last one's result came, and it went on to other work), the
+//! reactor thread's handback check finds the connection undriven and takes
+//! it back within a few milliseconds, as it does for blocking callers.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// A tokio runtime without its I/O driver refused to watch a connection:
+/// this process's connections leave their polls to their reactor threads.
+static IO_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The connection's poll as a tokio runtime sees it.
+pub(crate) struct RuntimeWatch {
+    /// A duplicate of the poll's descriptor.
+    poll_fd: OwnedFd,
+    /// Registered with the first tokio runtime an async caller drove under;
+    /// `None` when that failed (a runtime without I/O enabled).
+    tokio: OnceLock<Option<AsyncFd<OwnedFd>>>,
+}
+
+impl RuntimeWatch {
+    /// Watches `poll` (nothing is registered until a task drives).
+    pub(crate) fn new(poll: &mio::Poll) -> std::io::Result<Self> {
+        let poll_fd = std::os::fd::AsRawFd::as_raw_fd(poll);
+        // SAFETY: the descriptor is the poll's, open for the duration of
+        // this call; it is only borrowed, to be duplicated.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(poll_fd) };
+        Ok(RuntimeWatch {
+            poll_fd: borrowed.as_fd().try_clone_to_owned()?,
+            tokio: OnceLock::new(),
+        })
+    }
+
+    /// Whether the current task runs under a tokio runtime that can watch
+    /// the poll.
+    pub(crate) fn available(&self) -> bool {
+        self.current().is_some()
+    }
+
+    fn current(&self) -> Option<&AsyncFd<OwnedFd>> {
+        if IO_REFUSED.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::runtime::Handle::try_current().ok()?;
+        self.tokio
+            .get_or_init(|| {
+                let fd = self.poll_fd.try_clone().ok()?;
+                // tokio panics when its runtime was built without I/O (no
+                // `enable_io`): the reactor thread then goes on watching.
+                // `with_interest` (deprecated for descriptors an `AsyncFd`
+                // does not own) keeps every tokio 1.x usable; this one owns
+                // its descriptor.
+                #[allow(deprecated)]
+                let registered = std::panic::catch_unwind(move || {
+                    AsyncFd::with_interest(fd, Interest::READABLE)
+                });
+                if registered.is_err() {
+                    // Its panic message is printed once, not per connection.
+                    IO_REFUSED.store(true, Ordering::Relaxed);
+                }
+                registered.ok()?.ok()
+            })
+            .as_ref()
+    }
+
+    /// Ready when the runtime saw the poll become readable since the last
+    /// [`Readiness::consumed`]; pending (the task is woken on the next
+    /// readiness) otherwise, or when no runtime watches.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Readiness<'_>> {
+        let Some(fd) = self.current() else {
+            return Poll::Pending;
+        };
+        match fd.poll_read_ready(cx) {
+            Poll::Ready(Ok(guard)) => Poll::Ready(Readiness { guard }),
+            // The runtime shut down: the reactor thread takes over.
+            Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The poll was readable: a turn takes what it had, then reports it
+/// consumed.
+pub(crate) struct Readiness<'a> {
+    guard: tokio::io::unix::AsyncFdReadyGuard<'a, OwnedFd>,
+}
+
+impl Readiness<'_> {
+    /// The turn after the readiness took every event: the runtime reports
+    /// the poll again only for new ones.
+    pub(crate) fn consumed(mut self) {
+        self.guard.clear_ready();
+    }
+}
+
+/// A timer in the connection's poll (Linux): while async callers drive,
+/// nobody waits in the poll with a timeout, so the session's next deadline
+/// (a heartbeat, or receive coalescing's fallback read) is armed here and
+/// makes the poll readable when due, waking the runtime.
+#[cfg(target_os = "linux")]
+pub(crate) struct WakeupTimer {
+    fd: OwnedFd,
+    /// What it is armed for, if anything.
+    armed: Option<std::time::Instant>,
+}
+
+#[cfg(target_os = "linux")]
+impl WakeupTimer {
+    /// A disarmed timer, registered in `registry` under `token`.
+    pub(crate) fn new(registry: &mio::Registry, token: mio::Token) -> std::io::Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain system call; the descriptor it returns is owned here.
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        registry.register(
+            &mut mio::unix::SourceFd(&fd.as_raw_fd()),
+            token,
+            mio::Interest::READABLE,
+        )?;
+        Ok(WakeupTimer { fd, armed: None })
+    }
+
+    /// Arms the timer for `deadline` (disarms it for `None`); `now` is the
+    /// current time.
+    pub(crate) fn arm(&mut self, deadline: Option<std::time::Instant>, now: std::time::Instant) {
+        use std::os::fd::AsRawFd;
+        if deadline == self.armed {
+            return;
+        }
+        let after = deadline.map_or(std::time::Duration::ZERO, |d| {
+            // Zero disarms: a deadline already due fires in a nanosecond.
+            d.saturating_duration_since(now)
+                .max(std::time::Duration::from_nanos(1))
+        });
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
+        };
+        // SAFETY: the descriptor is this timer's; `spec` outlives the call.
+        let set =
+            unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        self.armed = if set == 0 { deadline } else { None };
+    }
+}
