@@ -237,7 +237,7 @@ impl Shared {
         /// Turns one drive may run while input keeps coming, before it
         /// yields to the task's other work.
         const MAX_TURNS: usize = 16;
-        let Some(watch) = self.runtime.as_ref().filter(|w| w.available()) else {
+        let Some(watch) = self.runtime.as_ref().and_then(|w| w.current()) else {
             return false;
         };
         let lead = &self.lead;

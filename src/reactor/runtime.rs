@@ -55,13 +55,13 @@ impl RuntimeWatch {
         })
     }
 
-    /// Whether the current task runs under a tokio runtime that can watch
-    /// the poll.
-    pub(crate) fn available(&self) -> bool {
-        self.current().is_some()
+    /// The poll as the tokio runtime the current task runs under watches
+    /// it; `None` outside tokio, or when the runtime cannot watch it.
+    pub(crate) fn current(&self) -> Option<Watched<'_>> {
+        self.registered().map(|fd| Watched { fd })
     }
 
-    fn current(&self) -> Option<&AsyncFd<OwnedFd>> {
+    fn registered(&self) -> Option<&AsyncFd<OwnedFd>> {
         if IO_REFUSED.load(Ordering::Relaxed) {
             return None;
         }
@@ -86,15 +86,19 @@ impl RuntimeWatch {
             })
             .as_ref()
     }
+}
 
+/// The poll, watched by the current task's tokio runtime.
+pub(crate) struct Watched<'a> {
+    fd: &'a AsyncFd<OwnedFd>,
+}
+
+impl<'a> Watched<'a> {
     /// Ready when the runtime saw the poll become readable since the last
-    /// [`Readiness::consumed`]; pending (the task is woken on the next
-    /// readiness) otherwise, or when no runtime watches.
-    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Readiness<'_>> {
-        let Some(fd) = self.current() else {
-            return Poll::Pending;
-        };
-        match fd.poll_read_ready(cx) {
+    /// [`Readiness::consumed`]; pending otherwise (the task is woken on the
+    /// next readiness).
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<Readiness<'a>> {
+        match self.fd.poll_read_ready(cx) {
             Poll::Ready(Ok(guard)) => Poll::Ready(Readiness { guard }),
             // The runtime shut down: the reactor thread takes over.
             Poll::Ready(Err(_)) | Poll::Pending => Poll::Pending,
@@ -154,9 +158,23 @@ impl WakeupTimer {
 
     /// Arms the timer for `deadline` (disarms it for `None`); `now` is the
     /// current time.
+    /// A timer armed for an earlier time that is still far off is kept: it
+    /// fires early, and the turn it brings arms it again. A heartbeat's
+    /// deadline moves later with each write, so this saves a system call
+    /// per turn; a near one (coalescing's fallback read) is armed exactly,
+    /// as firing early would cost a wake-up.
     pub(crate) fn arm(&mut self, deadline: Option<std::time::Instant>, now: std::time::Instant) {
         use std::os::fd::AsRawFd;
-        if deadline == self.armed {
+        /// How far off an armed time must be to be kept for a later deadline.
+        const FAR: std::time::Duration = std::time::Duration::from_millis(100);
+        let keep = match (self.armed, deadline) {
+            (Some(armed), Some(deadline)) => {
+                (armed == deadline && armed > now) || (armed > now + FAR && armed <= deadline)
+            }
+            (armed, None) => armed.is_none(),
+            (None, Some(_)) => false,
+        };
+        if keep {
             return;
         }
         let after = deadline.map_or(std::time::Duration::ZERO, |d| {
