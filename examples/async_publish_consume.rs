@@ -1,7 +1,10 @@
 //! Publish with confirms and consume with acknowledgements from async code,
 //! here under tokio (warren itself needs no runtime: any executor works).
+//! With warren's `tokio` feature, the tasks awaiting results drive the
+//! connection and tokio watches it, which saves a thread wake-up per batch.
 //!
-//! Run with a RabbitMQ at 127.0.0.1:5672: `cargo run --example async_publish_consume`.
+//! Run with a RabbitMQ at 127.0.0.1:5672: `cargo run --example async_publish_consume`
+//! (add `--features tokio` for the above).
 
 use futures::StreamExt;
 use warren::nonblocking::Connection;

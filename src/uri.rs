@@ -209,6 +209,8 @@ pub struct ConnectionConfig {
     /// system calls of a fast consumer. A message can then wait up to a
     /// millisecond for the rest of its batch, and the last bytes of a burst
     /// at most a millisecond; slower traffic is read as soon as it arrives.
+    /// A publisher with at least 256 confirms outstanding has its acks
+    /// coalesced the same way from 128 bytes a millisecond.
     /// Default `true` (Linux only: elsewhere it has no effect).
     pub receive_coalescing: bool,
 }

@@ -27,6 +27,15 @@
 //!   goes for a hold-off, which doubles each time this repeats within
 //!   [`CLEAN_SPAN`].
 //!
+//! - **Deep confirm pipelines.** A publisher with many confirms outstanding
+//!   (at least [`DEEP_PIPELINE`]) is sent a stream of small acks, far below
+//!   [`MIN_MARK`] a millisecond, and used to wake for each one or two. While
+//!   that many are outstanding, the smallest mark is
+//!   [`DEEP_PIPELINE_MIN_MARK`] instead: the broker has the rest of the
+//!   window to confirm, so acks keep coming, and a wake-up takes several. As
+//!   the pipeline drains below that depth, a mark under [`MIN_MARK`] goes at
+//!   the next read, so its last confirms are not held back.
+//!
 //! The cost is latency while streaming: a message waits for the mark to
 //! fill, half a millisecond to a millisecond, and the last bytes of a burst
 //! wait for the fallback, at most a millisecond. Off with
@@ -50,6 +59,14 @@ const FORGET_AFTER: Duration = Duration::from_millis(10);
 /// The smallest mark worth setting: below it, the stream is slow enough that
 /// waking per packet costs little.
 const MIN_MARK: usize = 4 * 1024;
+
+/// Confirms outstanding on a connection from which its acks are coalesced
+/// (see the module docs).
+pub(super) const DEEP_PIPELINE: usize = 256;
+
+/// The smallest mark while [`DEEP_PIPELINE`] confirms are outstanding: six
+/// basic.ack frames.
+const DEEP_PIPELINE_MIN_MARK: usize = 128;
 
 /// The largest mark (wakes at most this far apart in bytes).
 const MAX_MARK: usize = 64 * 1024;
@@ -80,6 +97,9 @@ pub(super) struct ReceiveCoalescing {
     /// The mark the measured rate calls for, in force unless paused or held
     /// off.
     rate_mark: usize,
+    /// The smallest rate mark: [`MIN_MARK`], or [`DEEP_PIPELINE_MIN_MARK`]
+    /// while a deep confirm pipeline is outstanding.
+    min_mark: usize,
     /// Bytes, and time with bytes flowing, in the current period.
     period_bytes: usize,
     period_flowing: Duration,
@@ -100,6 +120,7 @@ impl ReceiveCoalescing {
             enabled,
             mark: NO_MARK,
             rate_mark: NO_MARK,
+            min_mark: MIN_MARK,
             period_bytes: 0,
             period_flowing: Duration::ZERO,
             stalls_in_a_row: 0,
@@ -120,6 +141,20 @@ impl ReceiveCoalescing {
     #[cfg(test)]
     fn mark(&self) -> usize {
         self.mark
+    }
+
+    /// Whether [`DEEP_PIPELINE`] confirms are outstanding, before a read is
+    /// recorded: lowers the smallest mark while they are, and drops a mark
+    /// only they allowed once they are not.
+    pub(super) fn confirms_outstanding(&mut self, deep: bool) {
+        self.min_mark = if deep {
+            DEEP_PIPELINE_MIN_MARK
+        } else {
+            MIN_MARK
+        };
+        if self.rate_mark < self.min_mark {
+            self.rate_mark = NO_MARK;
+        }
     }
 
     /// How long the next wait may last at most: while a mark is set, until
@@ -180,7 +215,10 @@ impl ReceiveCoalescing {
     /// the mark: lowers the mark to what they show, and holds marks off
     /// after [`STARVED_STALLS`] in a row.
     fn stall(&mut self, bytes: usize, waited: Duration, now: Instant) {
-        let fit = mark_for(bytes as u128 * 1000 / waited.as_micros().max(1));
+        let fit = mark_for(
+            bytes as u128 * 1000 / waited.as_micros().max(1),
+            self.min_mark,
+        );
         if fit > NO_MARK && fit < self.rate_mark {
             self.rate_mark = fit;
         }
@@ -203,7 +241,7 @@ impl ReceiveCoalescing {
     /// Sets the rate's mark from the period.
     fn end_period(&mut self) {
         let per_ms = self.period_bytes as u128 * 1000 / self.period_flowing.as_micros().max(1);
-        self.rate_mark = mark_for(per_ms);
+        self.rate_mark = mark_for(per_ms, self.min_mark);
         self.start_period();
     }
 
@@ -223,10 +261,10 @@ impl ReceiveCoalescing {
 /// The mark for an arrival rate of `per_ms` bytes per millisecond: a
 /// millisecond of it rounded down to a power of two (so small changes in
 /// rate leave the mark alone, and the mark fills within the fallback wait),
-/// within [`MIN_MARK`]..=[`MAX_MARK`], or [`NO_MARK`].
-fn mark_for(per_ms: u128) -> usize {
+/// within `min_mark..=`[`MAX_MARK`], or [`NO_MARK`].
+fn mark_for(per_ms: u128, min_mark: usize) -> usize {
     let per_ms = usize::try_from(per_ms).unwrap_or(usize::MAX);
-    if per_ms < MIN_MARK {
+    if per_ms < min_mark {
         return NO_MARK;
     }
     (1 << per_ms.ilog2()).min(MAX_MARK)
@@ -425,13 +463,33 @@ mod tests {
     }
 
     #[test]
+    fn a_deep_confirm_pipeline_coalesces_its_acks_until_it_drains() {
+        // About 300 bytes a millisecond: acks of a publisher with confirms.
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        policy.confirms_outstanding(true);
+        let (now, marks) = stream(&mut policy, t0, 100 * US, 30, 10 * MS);
+        assert_eq!(marks, vec![256]);
+        assert!(policy.max_wait(now).is_some());
+        // Fewer than `DEEP_PIPELINE` outstanding: the next read drops it.
+        policy.confirms_outstanding(false);
+        assert_eq!(policy.after_read(30, false, now + 100 * US), Some(NO_MARK));
+        // The same stream without a deep pipeline never gets a mark.
+        let mut shallow = ReceiveCoalescing::new(true, t0);
+        let (_, marks) = stream(&mut shallow, t0, 100 * US, 30, 10 * MS);
+        assert!(marks.is_empty());
+    }
+
+    #[test]
     fn marks_are_powers_of_two_within_bounds() {
-        assert_eq!(mark_for(0), NO_MARK);
-        assert_eq!(mark_for(4095), NO_MARK);
-        assert_eq!(mark_for(4096), 4096);
-        assert_eq!(mark_for(12_000), 8192);
-        assert_eq!(mark_for(16_384), 16_384);
-        assert_eq!(mark_for(100_000), MAX_MARK);
-        assert_eq!(mark_for(u128::MAX), MAX_MARK);
+        assert_eq!(mark_for(0, MIN_MARK), NO_MARK);
+        assert_eq!(mark_for(4095, MIN_MARK), NO_MARK);
+        assert_eq!(mark_for(4096, MIN_MARK), 4096);
+        assert_eq!(mark_for(12_000, MIN_MARK), 8192);
+        assert_eq!(mark_for(16_384, MIN_MARK), 16_384);
+        assert_eq!(mark_for(100_000, MIN_MARK), MAX_MARK);
+        assert_eq!(mark_for(u128::MAX, MIN_MARK), MAX_MARK);
+        assert_eq!(mark_for(127, DEEP_PIPELINE_MIN_MARK), NO_MARK);
+        assert_eq!(mark_for(300, DEEP_PIPELINE_MIN_MARK), 256);
     }
 }

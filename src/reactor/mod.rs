@@ -585,6 +585,10 @@ impl Reactor {
         if fresh {
             self.take_frames(now);
         }
+        let deep = self
+            .session
+            .confirms_outstanding_at_least(coalesce::DEEP_PIPELINE);
+        self.coalescing.confirms_outstanding(deep);
         if let Some(mark) = self.coalescing.after_read(total, fallback, now) {
             if set_receive_mark(&self.socket, mark).is_err() {
                 self.coalescing.disable();

@@ -341,6 +341,11 @@ impl<R, C: Clone> Channel<R, C> {
         }
     }
 
+    /// How many publishes on this channel await their confirm.
+    pub(super) fn confirms_outstanding(&self) -> usize {
+        self.confirms.as_ref().map_or(0, |c| c.slots.len())
+    }
+
     /// Sends queued work until an RPC is on the wire waiting for its answer.
     fn pump(&mut self, out: &mut Output<R, C>) {
         while self.in_flight.is_none() {

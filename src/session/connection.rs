@@ -397,6 +397,19 @@ impl<R, C: Clone> Session<R, C> {
     }
 
     /// Whether the connection is closed for good (flush, then drop the socket).
+    /// Whether at least `n` publishes await their confirm, over all
+    /// channels.
+    pub(crate) fn confirms_outstanding_at_least(&self, n: usize) -> bool {
+        let mut outstanding = 0;
+        for channel in self.channels.iter().flatten() {
+            outstanding += channel.confirms_outstanding();
+            if outstanding >= n {
+                return true;
+            }
+        }
+        false
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
