@@ -271,8 +271,11 @@ impl Shared {
         let reactor = guard.as_mut().expect("checked above");
         lead.leader.store(CALLER, Ordering::SeqCst);
         lead.activity.fetch_add(1, Ordering::AcqRel);
-        reactor.turn(Some(Duration::ZERO));
-        let mut turns = 1;
+        // Queued commands go out at once; the poll is only looked at when
+        // tokio reports it readable (it watches every event the poll gets:
+        // input, room to write, the wake-up timer).
+        reactor.send_queued();
+        let mut turns = 0;
         while let std::task::Poll::Ready(readiness) = watch.poll_ready(cx) {
             if turns == MAX_TURNS {
                 cx.waker().wake_by_ref();
