@@ -6,16 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use futures::StreamExt;
-use warren::nonblocking::{Channel, Connection, ConsumerSet};
+use support::nonblocking::{connect, exclusive_queue};
+use warren::nonblocking::{Channel, ConsumerSet};
 use warren::options::*;
 use warren::protocol::{BasicProperties, FieldTable, ShortString};
 use warren::{Confirmation, Error};
-
-fn uri() -> String {
-    std::env::var("WARREN_TEST_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -24,28 +22,6 @@ fn unique(prefix: &str) -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-async fn connect() -> Connection {
-    match Connection::open(&uri()).await {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "RabbitMQ is not reachable at {} ({e}): start it with `rabbitmq-server -detached`",
-            uri()
-        ),
-    }
-}
-
-async fn exclusive_queue(channel: &Channel) -> String {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    let ok = channel
-        .queue_declare("", options, FieldTable::new())
-        .await
-        .unwrap();
-    ok.queue.to_string()
 }
 
 async fn publish(channel: &Channel, queue: &str, body: &'static str) {

@@ -10,8 +10,11 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+mod support;
+
 use futures::StreamExt;
-use warren::nonblocking::{Channel, Connection};
+use support::nonblocking::exclusive_queue;
+use warren::nonblocking::Connection;
 use warren::options::*;
 use warren::protocol::{BasicProperties, FieldTable};
 
@@ -22,11 +25,6 @@ const ROUND_TRIPS: u64 = 2000;
 /// The tests find the reactor thread as the one that appears when they
 /// connect: one test at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn uri() -> String {
-    std::env::var("WARREN_TEST_URI")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 /// This process's threads named `warren-reactor`.
 fn reactor_threads() -> BTreeSet<u32> {
@@ -53,28 +51,10 @@ fn switches(tid: u32) -> u64 {
 /// Connects, returning the connection and its reactor thread.
 async fn connect() -> (Connection, u32) {
     let before = reactor_threads();
-    let connection = match Connection::open(&uri()).await {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "RabbitMQ is not reachable at {} ({e}): start it with `rabbitmq-server -detached`",
-            uri()
-        ),
-    };
+    let connection = support::nonblocking::connect().await;
     let new: Vec<u32> = reactor_threads().difference(&before).copied().collect();
     assert_eq!(new.len(), 1, "one new reactor thread: {new:?}");
     (connection, new[0])
-}
-
-async fn exclusive_queue(channel: &Channel) -> String {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        ..Default::default()
-    };
-    let ok = channel
-        .queue_declare("", options, FieldTable::new())
-        .await
-        .unwrap();
-    ok.queue.to_string()
 }
 
 /// `ROUND_TRIPS` confirmed publishes, each awaited, then as many

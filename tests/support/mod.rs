@@ -50,4 +50,5 @@ pub fn encode(frame: &Frame) -> Vec<u8> {
 }
 pub mod broker;
 pub mod fake_broker;
+pub mod nonblocking;
 pub mod relay;
