@@ -5,10 +5,16 @@
 //! I/O) the reactor thread wakes for every batch, as the second test shows.
 //! The reactor thread is told apart by its name and its context switches
 //! read from `/proc`, so these tests run one at a time, in their own binary.
+//! They also count how often the task is polled: a drive does not wake the
+//! task it drives for, which is about to look for its result anyway.
 #![cfg(all(target_os = "linux", feature = "tokio"))]
 
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 mod support;
 
@@ -57,16 +63,43 @@ async fn connect() -> (Connection, u32) {
     (connection, new[0])
 }
 
+/// Polls of the round trips' task (see [`Counted`]).
+static POLLS: AtomicU64 = AtomicU64::new(0);
+
+/// A future that counts its polls in [`POLLS`].
+struct Counted<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        POLLS.fetch_add(1, Ordering::Relaxed);
+        self.0.as_mut().poll(cx)
+    }
+}
+
+/// What the round trips cost: the reactor thread's context switches, and
+/// how often their task was polled.
+struct Cost {
+    reactor_switches: u64,
+    polls: u64,
+}
+
 /// `ROUND_TRIPS` confirmed publishes, each awaited, then as many
-/// deliveries, each acked before the next: returns the reactor thread's
-/// context switches over both.
-async fn round_trips() -> u64 {
+/// deliveries, each acked before the next, in a task whose polls are
+/// counted.
+fn round_trips() -> Counted<impl Future<Output = Cost>> {
+    Counted(Box::pin(round_trips_uncounted()))
+}
+
+async fn round_trips_uncounted() -> Cost {
     let (connection, reactor) = connect().await;
     let channel = connection.open_channel().await.unwrap();
     channel.confirm_select().await.unwrap();
     channel.basic_qos(1, false).await.unwrap();
     let queue = exclusive_queue(&channel).await;
     let start = switches(reactor);
+    let polls_before = POLLS.load(Ordering::Relaxed);
     for i in 0..ROUND_TRIPS {
         let confirm = channel
             .basic_publish_confirmed(
@@ -89,9 +122,12 @@ async fn round_trips() -> u64 {
         assert_eq!(&delivery.body[..], i.to_string().as_bytes());
         channel.basic_ack(delivery.delivery_tag, false).unwrap();
     }
-    let woken = switches(reactor) - start;
+    let cost = Cost {
+        reactor_switches: switches(reactor) - start,
+        polls: POLLS.load(Ordering::Relaxed) - polls_before,
+    };
     connection.close().await.unwrap();
-    woken
+    cost
 }
 
 #[test]
@@ -108,13 +144,22 @@ fn under_tokio_the_awaiting_task_drives_and_the_reactor_thread_sleeps() {
             .build()
             .unwrap(),
     ] {
-        let woken = runtime.block_on(round_trips());
+        let cost = runtime.block_on(round_trips());
         // It only looks in every few milliseconds whether the tasks still
         // drive (about 200 times here); woken per batch, it would be
         // 10,000 times.
         assert!(
-            woken < ROUND_TRIPS / 2,
-            "the reactor thread woke {woken} times in {} round trips",
+            cost.reactor_switches < ROUND_TRIPS / 2,
+            "the reactor thread woke {} times in {} round trips",
+            cost.reactor_switches,
+            2 * ROUND_TRIPS
+        );
+        // One poll per round trip, when its answer comes in; a drive that
+        // woke its own task would make it two.
+        assert!(
+            cost.polls < 2 * ROUND_TRIPS * 5 / 4,
+            "the task was polled {} times in {} round trips",
+            cost.polls,
             2 * ROUND_TRIPS
         );
     }
@@ -123,7 +168,7 @@ fn under_tokio_the_awaiting_task_drives_and_the_reactor_thread_sleeps() {
 #[test]
 fn outside_tokio_the_reactor_thread_wakes_for_each_batch() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let woken = futures::executor::block_on(round_trips());
+    let woken = futures::executor::block_on(round_trips()).reactor_switches;
     assert!(
         woken >= ROUND_TRIPS,
         "the reactor thread woke only {woken} times in {} round trips",

@@ -1055,18 +1055,27 @@ impl Rotation {
         cx: &mut Context<'_>,
         member: impl Fn(usize) -> &'a Consumer,
     ) -> Poll<Result<Option<(usize, Delivery)>, Error>> {
-        let polled = self.poll_members(cx, &member);
+        // As `Shared::poll_driving`, over every member's connection: a
+        // first look with a waker that does nothing, so the drives do not
+        // wake this task for what it is about to look at again.
         #[cfg(all(unix, feature = "tokio"))]
-        if polled.is_pending() {
-            let mut drove = false;
+        {
+            let mut looked = false;
             for connection in &self.connections {
-                drove |= connection.drive_async(cx);
-            }
-            if drove {
-                return self.poll_members(cx, &member);
+                let Some(watch) = connection.runtime_watch() else {
+                    continue;
+                };
+                if !looked {
+                    let quiet = &mut Context::from_waker(std::task::Waker::noop());
+                    if let Poll::Ready(value) = self.poll_members(quiet, &member) {
+                        return Poll::Ready(value);
+                    }
+                    looked = true;
+                }
+                connection.drive_async(watch, cx);
             }
         }
-        polled
+        self.poll_members(cx, &member)
     }
 
     fn poll_members<'a>(

@@ -524,20 +524,25 @@ impl Shared {
         Ok(())
     }
 
-    /// Polls `poll` for an async caller; if it is pending and the caller
-    /// could drive the connection (feature `tokio`, see
-    /// [`Shared::drive_async`]), drives it and polls again.
+    /// Polls `poll` for an async caller. When the caller can drive the
+    /// connection (feature `tokio`, see [`Shared::drive_async`]), it looks
+    /// first with a waker that does nothing, drives if that found nothing,
+    /// and looks again with its own: what its drive completes must not
+    /// wake its task, which is about to look anyway (a wasted poll, and
+    /// under tokio's `block_on` a wasted `epoll_wait`).
     pub(crate) fn poll_driving<T>(
         &self,
         cx: &mut Context<'_>,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        let polled = poll(cx);
         #[cfg(all(unix, feature = "tokio"))]
-        if polled.is_pending() && self.drive_async(cx) {
-            return poll(cx);
+        if let Some(watch) = self.runtime_watch() {
+            if let Poll::Ready(value) = poll(&mut Context::from_waker(std::task::Waker::noop())) {
+                return Poll::Ready(value);
+            }
+            self.drive_async(watch, cx);
         }
-        polled
+        poll(cx)
     }
 
     /// Adds a connection event and wakes whoever waits for one.
@@ -780,17 +785,19 @@ impl<T> Future for Call<T> {
             .expect("a Call is not polled after completion")
         {
             Err(_) => None,
-            Ok((completion, _)) => match completion.poll(cx) {
-                Poll::Ready(r) => Some(r),
+            Ok((completion, _)) => {
                 #[cfg(all(unix, feature = "tokio"))]
-                Poll::Pending if self.driver.as_ref().is_some_and(|s| s.drive_async(cx)) => {
-                    match completion.poll(cx) {
-                        Poll::Ready(r) => Some(r),
-                        Poll::Pending => return Poll::Pending,
-                    }
+                let polled = match &self.driver {
+                    Some(shared) => shared.poll_driving(cx, |cx| completion.poll(cx)),
+                    None => completion.poll(cx),
+                };
+                #[cfg(not(all(unix, feature = "tokio")))]
+                let polled = completion.poll(cx);
+                match polled {
+                    Poll::Ready(r) => Some(r),
+                    Poll::Pending => return Poll::Pending,
                 }
-                Poll::Pending => return Poll::Pending,
-            },
+            }
         };
         match (self.state.take().expect("checked above"), result) {
             (Err(e), _) => Poll::Ready(Err(e)),

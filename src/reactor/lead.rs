@@ -226,20 +226,31 @@ impl Shared {
         Lead::Led
     }
 
-    /// An async caller whose result is not in yet, under a tokio runtime
-    /// (feature `tokio`): drives the connection on this task without
-    /// waiting, then leaves tokio watching the connection's poll with this
-    /// task's waker (see `reactor::runtime`). `true` if it drove: the
-    /// caller looks for its result again. With the reactor thread leading,
-    /// asks it to hand over and is woken when the lead is free.
+    /// What an async caller under a tokio runtime drives the connection
+    /// with (feature `tokio`): `None` outside such a runtime, or when it
+    /// has no I/O driver.
     #[cfg(all(unix, feature = "tokio"))]
-    pub(crate) fn drive_async(&self, cx: &mut std::task::Context<'_>) -> bool {
+    pub(crate) fn runtime_watch(&self) -> Option<super::runtime::Watched<'_>> {
+        self.runtime.as_ref().and_then(|w| w.current())
+    }
+
+    /// An async caller whose result is not in yet, under a tokio runtime
+    /// (feature `tokio`; `watch` from [`Shared::runtime_watch`]): drives
+    /// the connection on this task without waiting, then leaves tokio
+    /// watching the connection's poll with this task's waker (see
+    /// `reactor::runtime`). The caller then looks for its result again
+    /// (see [`Shared::poll_driving`]). With the reactor thread leading,
+    /// asks it to hand over and is woken when the lead is free; with
+    /// another caller leading, that caller's turns complete the result.
+    #[cfg(all(unix, feature = "tokio"))]
+    pub(crate) fn drive_async(
+        &self,
+        watch: super::runtime::Watched<'_>,
+        cx: &mut std::task::Context<'_>,
+    ) {
         /// Turns one drive may run while input keeps coming, before it
         /// yields to the task's other work.
         const MAX_TURNS: usize = 16;
-        let Some(watch) = self.runtime.as_ref().and_then(|w| w.current()) else {
-            return false;
-        };
         let lead = &self.lead;
         match lead.leader.load(Ordering::SeqCst) {
             NOBODY => {}
@@ -256,17 +267,16 @@ impl Shared {
                     // wake it, so it looks again at once.
                     cx.waker().wake_by_ref();
                 }
-                return false;
+                return;
             }
-            // Another caller drives: its turns complete this task's result.
-            _ => return false,
+            _ => return,
         }
         let Some(mut guard) = lead.try_take() else {
-            return false;
+            return;
         };
         if !guard.as_ref().is_some_and(|r| r.may_lead()) {
             lead.leave_to_reactor_thread(guard);
-            return false;
+            return;
         }
         let reactor = guard.as_mut().expect("checked above");
         lead.leader.store(CALLER, Ordering::SeqCst);
@@ -294,7 +304,6 @@ impl Shared {
         } else if lead.reactor_parked.load(Ordering::SeqCst) {
             lead.wake_reactor_thread();
         }
-        true
     }
 
     /// A consumer's ack (or reject) queued while nobody drives the
