@@ -129,6 +129,8 @@ pub(crate) struct WakeupTimer {
     fd: OwnedFd,
     /// What it is armed for, if anything.
     armed: Option<std::time::Instant>,
+    /// Where its millisecond grid starts (see [`WakeupTimer::arm`]).
+    epoch: std::time::Instant,
 }
 
 #[cfg(target_os = "linux")]
@@ -153,11 +155,22 @@ impl WakeupTimer {
             token,
             mio::Interest::READABLE,
         )?;
-        Ok(WakeupTimer { fd, armed: None })
+        Ok(WakeupTimer {
+            fd,
+            armed: None,
+            epoch: std::time::Instant::now(),
+        })
     }
 
     /// Arms the timer for `deadline` (disarms it for `None`); `now` is the
     /// current time.
+    ///
+    /// The deadline is rounded up to the next whole millisecond of the
+    /// timer's own grid. A blocking caller's wait for the same deadline
+    /// fires as late: its poll's timeout is a whole number of milliseconds,
+    /// rounded up. So a fallback read comes when it would for a blocking
+    /// caller, and deadlines in the same millisecond re-arm nothing.
+    ///
     /// A timer armed for an earlier time that is still far off is kept: it
     /// fires early, and the turn it brings arms it again. A heartbeat's
     /// deadline moves later with each write, so this saves a system call
@@ -167,6 +180,7 @@ impl WakeupTimer {
         use std::os::fd::AsRawFd;
         /// How far off an armed time must be to be kept for a later deadline.
         const FAR: std::time::Duration = std::time::Duration::from_millis(100);
+        let deadline = deadline.map(|d| self.round_up(d));
         let keep = match (self.armed, deadline) {
             (Some(armed), Some(deadline)) => {
                 (armed == deadline && armed > now) || (armed > now + FAR && armed <= deadline)
@@ -196,5 +210,69 @@ impl WakeupTimer {
         let set =
             unsafe { libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
         self.armed = if set == 0 { deadline } else { None };
+    }
+
+    /// The first whole millisecond of the timer's grid at or after `deadline`.
+    fn round_up(&self, deadline: std::time::Instant) -> std::time::Instant {
+        const MILLISECOND: u128 = 1_000_000;
+        let nanos = deadline.saturating_duration_since(self.epoch).as_nanos();
+        let millis = nanos.div_ceil(MILLISECOND);
+        self.epoch + std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::WakeupTimer;
+    use std::time::{Duration, Instant};
+
+    const TIMER: mio::Token = mio::Token(7);
+
+    #[test]
+    fn deadlines_are_rounded_up_to_the_timers_millisecond_grid() {
+        let poll = mio::Poll::new().unwrap();
+        let timer = WakeupTimer::new(poll.registry(), TIMER).unwrap();
+        let start = Instant::now();
+        for step in 0..2_000u64 {
+            let deadline = start + Duration::from_micros(step * 37);
+            let rounded = timer.round_up(deadline);
+            assert!(rounded >= deadline, "rounded {step} down");
+            assert!(rounded < deadline + Duration::from_millis(1));
+            let on_grid = rounded.duration_since(timer.epoch).as_nanos() % 1_000_000;
+            assert_eq!(on_grid, 0, "step {step} is off the grid");
+        }
+        // Deadlines within one millisecond of the grid share its end.
+        let slot = timer.round_up(start + Duration::from_millis(5));
+        let earlier = slot - Duration::from_micros(900);
+        assert_eq!(timer.round_up(earlier), slot);
+    }
+
+    #[test]
+    fn the_timer_fires_at_the_rounded_deadline_not_before_the_deadline() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut timer = WakeupTimer::new(poll.registry(), TIMER).unwrap();
+        let now = Instant::now();
+        let deadline = now + Duration::from_micros(2_300);
+        timer.arm(Some(deadline), now);
+        assert_eq!(timer.armed, Some(timer.round_up(deadline)));
+        // Another deadline in the same millisecond keeps what is armed.
+        let armed = timer.armed;
+        timer.arm(
+            Some(timer.round_up(deadline) - Duration::from_micros(1)),
+            now,
+        );
+        assert_eq!(timer.armed, armed);
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::from_secs(1)))
+            .unwrap();
+        let fired = Instant::now();
+        assert!(
+            events.iter().any(|e| e.token() == TIMER),
+            "the timer never fired"
+        );
+        assert!(fired >= deadline, "fired {:?} early", deadline - fired);
+        // Disarming forgets the armed time.
+        timer.arm(None, Instant::now());
+        assert_eq!(timer.armed, None);
     }
 }
