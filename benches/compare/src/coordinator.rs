@@ -294,6 +294,7 @@ impl Harness {
             match key {
                 "cpu_us" => sample.cpu_us = value.parse()?,
                 "peak_rss_kb" => sample.peak_rss_kb = value.parse()?,
+                "sleeps" => sample.sleeps = Some(value.parse()?),
                 "jain" if job.scenario == Scenario::ManyQueues => {
                     sample.jain = Some(value.parse()?)
                 }

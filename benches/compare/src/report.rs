@@ -28,6 +28,9 @@ pub struct Sample {
     pub wall: Duration,
     pub cpu_us: u64,
     pub peak_rss_kb: u64,
+    /// How often the worker's threads went to sleep to wait (voluntary
+    /// context switches) over the timed span.
+    pub sleeps: Option<u64>,
     pub jain: Option<f64>,
     pub broker_cpu_us: Option<u64>,
     /// CPU time of everything else on the machine over the timed span
@@ -47,6 +50,7 @@ impl Sample {
             wall: Duration::ZERO,
             cpu_us: 0,
             peak_rss_kb: 0,
+            sleeps: None,
             jain: None,
             broker_cpu_us: None,
             other_cpu_us: None,
@@ -60,6 +64,12 @@ impl Sample {
 
     fn cpu_per_message(&self) -> f64 {
         self.cpu_us as f64 / self.messages as f64
+    }
+
+    /// Sleeps (each one a wake-up later) per 1,000 messages.
+    fn sleeps_per_thousand(&self) -> Option<f64> {
+        self.sleeps
+            .map(|n| n as f64 * 1000.0 / self.messages as f64)
     }
 
     fn rss_mib(&self) -> f64 {
@@ -96,6 +106,9 @@ impl Sample {
             self.cpu_per_message(),
             self.rss_mib()
         );
+        if let Some(sleeps) = self.sleeps_per_thousand() {
+            let _ = write!(line, "  {sleeps:>5.1} sleeps/1k");
+        }
         if let Some(share) = self.broker_share() {
             let _ = write!(line, "  broker {share:>3.0}%");
         }
@@ -114,6 +127,7 @@ struct Median {
     rate: f64,
     cpu: f64,
     rss: f64,
+    sleeps: Option<f64>,
     broker: Option<f64>,
     other: Option<f64>,
     jain: Option<f64>,
@@ -142,6 +156,7 @@ fn medians(samples: &[&Sample]) -> Option<Median> {
         rate: column(&|s| Some(s.rate()))?,
         cpu: column(&|s| Some(s.cpu_per_message()))?,
         rss: column(&|s| Some(s.rss_mib()))?,
+        sleeps: column(&|s| s.sleeps_per_thousand()),
         broker: column(&|s| s.broker_share()),
         other: column(&|s| s.other_share()),
         jain: column(&|s| s.jain),
@@ -306,7 +321,7 @@ const DRIVEN: &str = "\
 ";
 
 const METHOD: &str = "\
-- Every measurement runs in a fresh worker process (the harness re-executes itself with a hidden `--worker` subcommand), so CPU time and peak RSS belong to that client alone. The worker connects and sets up untimed, then says go; timing ends when the work is complete, and the worker's `getrusage(RUSAGE_SELF)` user + system time is taken over the same span (all its threads, runtime included). Peak RSS is the worker's `ru_maxrss` (whole process life, setup included).
+- Every measurement runs in a fresh worker process (the harness re-executes itself with a hidden `--worker` subcommand), so CPU time and peak RSS belong to that client alone. The worker connects and sets up untimed, then says go; timing ends when the work is complete, and the worker's `getrusage(RUSAGE_SELF)` user + system time is taken over the same span (all its threads, runtime included). Peak RSS is the worker's `ru_maxrss` (whole process life, setup included). The sleeps /1k msgs column counts how often the worker's threads went to sleep to wait (`ru_nvcsw`, voluntary context switches, over the same span) per 1,000 messages: each is a wake-up later, so it shows how well a client batches, and much of a run's CPU time goes with it.
 - `publish`, `publish-confirm`: one connection, one channel, N messages of S bytes (no properties) to a fresh, non-durable queue through the default exchange. Timed from go until the queue holds all N: the harness polls with a passive `queue.declare` on its own connection, every 1 ms once the worker says it has handed over its last message (and, with confirms, received every confirm).
 - `consume`: the harness fills a queue with N messages (warren, with confirms) before the worker starts. The worker sets basic.qos prefetch 1000, then go, then `basic.consume` (manual ack); timed until it has received all N and sent its last ack (`multiple = true` every 100 deliveries).
 - `many-queues`: the harness fills Q queues (default 200) with N/Q messages each. The worker opens one channel per queue (each with basic.qos prefetch 1000), then go, then one consumer per queue, acking `multiple` every 100 per channel; timed until every queue is drained. Jain's fairness index is taken over the per-queue delivery counts one second after go (or at the end, if the run is shorter: then it is 1).
@@ -394,12 +409,12 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
         let many = *scenario == Scenario::ManyQueues;
         let _ = writeln!(
             md,
-            "| client | size | msgs/s | CPU µs/msg | peak RSS MiB | broker CPU % | other load %{} |",
+            "| client | size | msgs/s | CPU µs/msg | sleeps /1k msgs | peak RSS MiB | broker CPU % | other load %{} |",
             if many { " | Jain (1st s)" } else { "" }
         );
         let _ = writeln!(
             md,
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---:{} |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---:{} |",
             if many { " | ---:" } else { "" }
         );
         for ((s, size, client), group) in &groups {
@@ -416,10 +431,11 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
                     };
                     let _ = write!(
                         md,
-                        "| {name}{failed} | {} | {:.0} | {:.2} | {:.1} | {} | {} |",
+                        "| {name}{failed} | {} | {:.0} | {:.2} | {} | {:.1} | {} | {} |",
                         size_label(*size),
                         m.rate,
                         m.cpu,
+                        m.sleeps.map_or("-".into(), |n| format!("{n:.1}")),
                         m.rss,
                         m.broker.map_or("-".into(), |b| format!("{b:.0}")),
                         m.other.map_or("-".into(), |b| format!("{b:.0}"))
@@ -524,12 +540,12 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
     let _ = writeln!(md, "Every run's figures are in [results.csv](results.csv).");
     std::fs::write(options.out.join("RESULTS.md"), md)?;
 
-    let mut csv = String::from("scenario,client,size_bytes,run,messages,wall_s,msgs_per_s,cpu_us_per_msg,peak_rss_mib,broker_cpu_pct,other_load_pct,jain_first_second,error\n");
+    let mut csv = String::from("scenario,client,size_bytes,run,messages,wall_s,msgs_per_s,cpu_us_per_msg,peak_rss_mib,broker_cpu_pct,other_load_pct,jain_first_second,sleeps_per_1k_msgs,error\n");
     for s in samples {
         let ok = s.error.is_none();
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             s.scenario.name(),
             s.client,
             s.size,
@@ -562,6 +578,9 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
                 .filter(|_| ok)
                 .map_or(String::new(), |b| format!("{b:.0}")),
             s.jain.map_or(String::new(), |j| format!("{j:.4}")),
+            s.sleeps_per_thousand()
+                .filter(|_| ok)
+                .map_or(String::new(), |n| format!("{n:.2}")),
             s.error
                 .as_deref()
                 .map_or(String::new(), |e| format!("\"{}\"", e.replace('"', "'"))),
@@ -571,7 +590,7 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
         if let Some(m) = medians(group) {
             let _ = writeln!(
                 csv,
-                "{},{},{},median,{},,{:.0},{:.3},{:.1},{},{},{},",
+                "{},{},{},median,{},,{:.0},{:.3},{:.1},{},{},{},{},",
                 Scenario::ALL[*s].name(),
                 CLIENTS[*client],
                 size,
@@ -582,6 +601,7 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
                 m.broker.map_or(String::new(), |b| format!("{b:.0}")),
                 m.other.map_or(String::new(), |b| format!("{b:.0}")),
                 m.jain.map_or(String::new(), |j| format!("{j:.4}")),
+                m.sleeps.map_or(String::new(), |n| format!("{n:.2}")),
             );
         }
     }

@@ -113,9 +113,10 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-/// User + system CPU time of this process (all threads) in µs, and its peak
-/// RSS in KiB.
-pub fn rusage() -> (u64, u64) {
+/// User + system CPU time of this process (all threads) in µs, its peak
+/// RSS in KiB, and how often its threads went to sleep to wait (voluntary
+/// context switches).
+pub fn rusage() -> (u64, u64, u64) {
     // SAFETY: getrusage only writes into the zeroed struct we pass.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -126,6 +127,7 @@ pub fn rusage() -> (u64, u64) {
     (
         micros(usage.ru_utime) + micros(usage.ru_stime),
         usage.ru_maxrss as u64,
+        usage.ru_nvcsw as u64,
     )
 }
 
@@ -133,6 +135,7 @@ pub fn rusage() -> (u64, u64) {
 /// measures.
 pub struct Signal {
     start_cpu: u64,
+    start_sleeps: u64,
     stop: Option<futures::channel::oneshot::Receiver<()>>,
     counts: Arc<Vec<AtomicU64>>,
     sampler: Option<(mpsc::Sender<()>, JoinHandle<Vec<u64>>)>,
@@ -151,6 +154,7 @@ impl Signal {
         });
         Signal {
             start_cpu: 0,
+            start_sleeps: 0,
             stop: Some(rx),
             counts: Arc::new((0..queues).map(|_| AtomicU64::new(0)).collect()),
             sampler: None,
@@ -174,7 +178,7 @@ impl Signal {
             counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
         });
         self.sampler = Some((tx, sampler));
-        self.start_cpu = rusage().0;
+        (self.start_cpu, _, self.start_sleeps) = rusage();
         line("@@go");
     }
 
@@ -197,7 +201,7 @@ impl Signal {
     }
 
     fn report(&mut self) {
-        let (cpu, maxrss) = rusage();
+        let (cpu, maxrss, sleeps) = rusage();
         // ru_maxrss carries over the peak of the process that spawned this
         // one (Linux keeps it across exec), so the harness's own peak would
         // show; VmHWM is this address space's own.
@@ -210,8 +214,9 @@ impl Signal {
             None => vec![],
         };
         line(&format!(
-            "@@result cpu_us={} peak_rss_kb={peak_kb} jain={:.4}",
+            "@@result cpu_us={} peak_rss_kb={peak_kb} sleeps={} jain={:.4}",
             cpu - self.start_cpu,
+            sleeps - self.start_sleeps,
             jain(&first_second)
         ));
         self.result = Some(());
