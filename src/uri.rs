@@ -208,7 +208,9 @@ pub struct ConnectionConfig {
     /// instead of on every packet, which saves most of the wake-ups and
     /// system calls of a fast consumer. A message can then wait up to a
     /// millisecond for the rest of its batch, and the last bytes of a burst
-    /// at most a millisecond; slower traffic is read as soon as it arrives.
+    /// a millisecond after the last read, rounded up to the poll's whole
+    /// milliseconds (so under two); slower traffic is read as soon as it
+    /// arrives.
     /// A publisher with at least 256 confirms outstanding has its acks
     /// coalesced the same way from 128 bytes a millisecond.
     /// Default `true` (Linux only: elsewhere it has no effect).

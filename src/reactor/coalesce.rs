@@ -11,8 +11,10 @@
 //! two system calls, and for the async facade a second thread's wake-up)
 //! is then shared by a batch worth a millisecond's work or less.
 //!
-//! - **Nothing is stranded.** While a mark is set the reactor waits at most
-//!   [`FALLBACK`] past its last read, then reads whatever is there.
+//! - **Nothing is stranded.** While a mark is set the reactor waits
+//!   [`FALLBACK`] past its last read (rounded up to whole milliseconds, as
+//!   the poll's timeout and the async callers' wake-up timer are), then
+//!   reads whatever is there.
 //! - **Pauses.** A fallback read that finds nothing means the stream paused:
 //!   the mark goes, so the pause costs no wake-ups, and comes back with the
 //!   first bytes after it (unless the pause lasted [`FORGET_AFTER`]: then the
