@@ -1060,19 +1060,14 @@ impl Rotation {
         // wake this task for what it is about to look at again.
         #[cfg(all(unix, feature = "tokio"))]
         {
-            let mut looked = false;
+            let quiet = &mut Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(value) = self.poll_members(quiet, &member) {
+                return Poll::Ready(value);
+            }
             for connection in &self.connections {
-                let Some(watch) = connection.runtime_watch() else {
-                    continue;
-                };
-                if !looked {
-                    let quiet = &mut Context::from_waker(std::task::Waker::noop());
-                    if let Poll::Ready(value) = self.poll_members(quiet, &member) {
-                        return Poll::Ready(value);
-                    }
-                    looked = true;
+                if let Some(watch) = connection.runtime_watch() {
+                    connection.drive_async(watch, cx);
                 }
-                connection.drive_async(watch, cx);
             }
         }
         self.poll_members(cx, &member)

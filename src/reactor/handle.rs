@@ -524,23 +524,26 @@ impl Shared {
         Ok(())
     }
 
-    /// Polls `poll` for an async caller. When the caller can drive the
-    /// connection (feature `tokio`, see [`Shared::drive_async`]), it looks
-    /// first with a waker that does nothing, drives if that found nothing,
-    /// and looks again with its own: what its drive completes must not
-    /// wake its task, which is about to look anyway (a wasted poll, and
-    /// under tokio's `block_on` a wasted `epoll_wait`).
+    /// Polls `poll` for an async caller. With the feature `tokio`, it
+    /// looks first with a waker that does nothing; if that finds nothing
+    /// and the caller can drive the connection (see
+    /// [`Shared::drive_async`]), it drives; then it looks again with its
+    /// own waker. What a drive completes must not wake the task, which is
+    /// about to look anyway (a wasted poll, and under tokio's `block_on` a
+    /// wasted `epoll_wait`). A result already in costs one look.
     pub(crate) fn poll_driving<T>(
         &self,
         cx: &mut Context<'_>,
         mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
         #[cfg(all(unix, feature = "tokio"))]
-        if let Some(watch) = self.runtime_watch() {
+        {
             if let Poll::Ready(value) = poll(&mut Context::from_waker(std::task::Waker::noop())) {
                 return Poll::Ready(value);
             }
-            self.drive_async(watch, cx);
+            if let Some(watch) = self.runtime_watch() {
+                self.drive_async(watch, cx);
+            }
         }
         poll(cx)
     }
