@@ -212,12 +212,18 @@ impl WakeupTimer {
         self.armed = if set == 0 { deadline } else { None };
     }
 
-    /// The first whole millisecond of the timer's grid at or after `deadline`.
+    /// The first whole millisecond of the timer's grid at or after
+    /// `deadline` (`deadline` itself if that is past what `Instant` holds).
     fn round_up(&self, deadline: std::time::Instant) -> std::time::Instant {
         const MILLISECOND: u128 = 1_000_000;
         let nanos = deadline.saturating_duration_since(self.epoch).as_nanos();
-        let millis = nanos.div_ceil(MILLISECOND);
-        self.epoch + std::time::Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+        u64::try_from(nanos.div_ceil(MILLISECOND))
+            .ok()
+            .and_then(|millis| {
+                self.epoch
+                    .checked_add(std::time::Duration::from_millis(millis))
+            })
+            .unwrap_or(deadline)
     }
 }
 
@@ -245,6 +251,9 @@ mod tests {
         let slot = timer.round_up(start + Duration::from_millis(5));
         let earlier = slot - Duration::from_micros(900);
         assert_eq!(timer.round_up(earlier), slot);
+        // A deadline too far off to round stays as it is, without a panic.
+        let far = start + Duration::from_secs(u64::MAX / 4);
+        assert!(timer.round_up(far) >= far);
     }
 
     #[test]
