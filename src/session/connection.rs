@@ -396,7 +396,6 @@ impl<R, C: Clone> Session<R, C> {
         next
     }
 
-    /// Whether the connection is closed for good (flush, then drop the socket).
     /// Whether at least `n` publishes await their confirm, over all
     /// channels.
     pub(crate) fn confirms_outstanding_at_least(&self, n: usize) -> bool {
@@ -410,6 +409,7 @@ impl<R, C: Clone> Session<R, C> {
         false
     }
 
+    /// Whether the connection is closed for good (flush, then drop the socket).
     pub(crate) fn is_closed(&self) -> bool {
         self.state == State::Closed
     }
