@@ -4,6 +4,8 @@
 //! - The tool declares its queues, `warren-perf-<pid>-<i>` (not durable, not
 //!   exclusive, not auto-delete), and deletes them at the end: after a normal
 //!   run, an error, or Ctrl-C (a second Ctrl-C exits at once and leaves them).
+//!   With `--queue NAME` it uses that one queue instead (declared if missing)
+//!   and keeps it, so producers and consumers can run in separate processes.
 //! - Each producer has its own connection and one channel, and publishes to
 //!   the default exchange with the queue's name as routing key. With
 //!   `--confirm N` the channel is in confirm mode and at most N messages
@@ -22,7 +24,9 @@
 //!
 //! Output: one progress line a second on stderr, then a summary on stdout
 //! (a table, or with `--json` one JSON object; `--json` also prints one JSON
-//! object a second on stdout, one per line, before it).
+//! object a second on stdout, one per line, before it). Both carry the
+//! tool's own resident memory (on Linux): the progress its current RSS, the
+//! summary its peak.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -105,6 +109,11 @@ pub(crate) struct PerfArgs {
     #[arg(long, short = 'Q', default_value_t = 1, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=65_535))]
     queues: u32,
+    /// Use this one queue (declared if missing) and keep it at the end,
+    /// instead of queues of the tool's own: lets producers and consumers
+    /// run in separate processes.
+    #[arg(long, short = 'u', value_name = "NAME", conflicts_with = "queues")]
+    queue: Option<String>,
     /// Run for this long, in seconds (default 10, unless --messages is given).
     #[arg(long, short = 'z', value_name = "SECS", value_parser = parse_seconds,
           conflicts_with = "messages")]
@@ -113,6 +122,11 @@ pub(crate) struct PerfArgs {
     /// received them all.
     #[arg(long, short = 'C', value_name = "N")]
     messages: Option<u64>,
+    /// Messages the consumers receive in all; the run ends once they have
+    /// (with producers, once these are also done).
+    #[arg(long, short = 'D', value_name = "N", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    consumer_messages: Option<u64>,
     /// Messages per second, per producer (0: as fast as possible).
     #[arg(long, short = 'r', default_value_t = 0.0, value_name = "MSGS_PER_SEC",
           value_parser = parse_rate)]
@@ -249,11 +263,13 @@ impl Drop for Finished<'_> {
     }
 }
 
-/// The queues of a run; deletes them when dropped, whatever happened.
+/// The queues of a run; deletes them when dropped, whatever happened,
+/// unless the user named them.
 struct Queues<'a> {
     target: &'a Target,
     admin: Option<Connection>,
     names: Vec<String>,
+    keep: bool,
 }
 
 impl<'a> Queues<'a> {
@@ -264,6 +280,7 @@ impl<'a> Queues<'a> {
             target,
             admin: Some(admin),
             names: Vec::new(),
+            keep: false,
         };
         // Pipelined: no_wait for all but the last, whose declare-ok comes
         // after the others were done (a failure closes the channel, so the
@@ -283,6 +300,24 @@ impl<'a> Queues<'a> {
         channel.close().map_err(declare_failed)?;
         Ok(queues)
     }
+
+    /// The user's queue, declared if missing (a queue of that name with
+    /// other settings is an error from the broker), and kept.
+    fn declare_named(target: &'a Target, name: &str) -> Result<Queues<'a>, Failure> {
+        let admin = target.connect()?;
+        let channel = admin.open_channel().map_err(declare_failed)?;
+        channel
+            .queue_declare(name, QueueDeclareOptions::default(), FieldTable::new())
+            .map_err(declare_failed)?;
+        channel.close().map_err(declare_failed)?;
+        closed(admin.close(), "setup");
+        Ok(Queues {
+            target,
+            admin: None,
+            names: vec![name.to_string()],
+            keep: true,
+        })
+    }
 }
 
 fn declare_failed(e: Error) -> Failure {
@@ -291,7 +326,7 @@ fn declare_failed(e: Error) -> Failure {
 
 impl Drop for Queues<'_> {
     fn drop(&mut self) {
-        if self.names.is_empty() {
+        if self.names.is_empty() || self.keep {
             return;
         }
         // The connection may have died during the run: then use a new one.
@@ -350,10 +385,13 @@ pub(crate) fn run(args: PerfArgs) -> Outcome {
             "perf needs at least one producer or consumer",
         ));
     }
-    let duration = match (args.duration, args.messages) {
-        (Some(duration), _) => Some(duration),
-        (None, Some(_)) => None,
-        (None, None) => Some(Duration::from_secs(10)),
+    if args.consumer_messages.is_some() && args.consumers == 0 {
+        return Err(Failure::usage("--consumer-messages needs a consumer"));
+    }
+    let duration = match (args.duration, args.messages, args.consumer_messages) {
+        (Some(duration), _, _) => Some(duration),
+        (None, None, None) => Some(Duration::from_secs(10)),
+        (None, _, _) => None,
     };
     let ack_every = match args.prefetch {
         0 => args.multiple_ack_every,
@@ -375,7 +413,10 @@ pub(crate) fn run(args: PerfArgs) -> Outcome {
         properties,
     };
     catch_ctrl_c();
-    let queues = Queues::declare(&args.uri, args.queues)?;
+    let queues = match &args.queue {
+        Some(name) => Queues::declare_named(&args.uri, name)?,
+        None => Queues::declare(&args.uri, args.queues)?,
+    };
 
     let producers: Vec<Vec<&str>> = (0..args.producers)
         .map(|p| share(p, args.producers, &queues.names))
@@ -464,11 +505,14 @@ pub(crate) fn run(args: PerfArgs) -> Outcome {
 
 fn describe(args: &PerfArgs, settings: &Settings, duration: Option<Duration>) -> String {
     let plural = |n: u32, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let queues = match &args.queue {
+        Some(name) => format!("queue {name}"),
+        None => plural(args.queues, "queue"),
+    };
     let mut text = format!(
-        "{}, {}, {}, {}-byte messages",
+        "{}, {}, {queues}, {}-byte messages",
         plural(args.producers, "producer"),
         plural(args.consumers, "consumer"),
-        plural(args.queues, "queue"),
         args.size
     );
     if args.persistent {
@@ -498,14 +542,14 @@ fn describe(args: &PerfArgs, settings: &Settings, duration: Option<Duration>) ->
     if args.rate > 0.0 {
         let _ = write!(text, ", {} msg/s per producer", args.rate);
     }
-    match (duration, args.messages) {
-        (Some(duration), _) => {
-            let _ = write!(text, ", for {} s", duration.as_secs_f64());
-        }
-        (None, Some(n)) => {
-            let _ = write!(text, ", {n} messages per producer");
-        }
-        (None, None) => {}
+    if let Some(duration) = duration {
+        let _ = write!(text, ", for {} s", duration.as_secs_f64());
+    }
+    if let Some(n) = args.messages {
+        let _ = write!(text, ", {n} messages per producer");
+    }
+    if let Some(n) = args.consumer_messages {
+        let _ = write!(text, ", {n} messages received in all");
     }
     text
 }
@@ -811,14 +855,18 @@ impl Reporter<'_> {
             }
             let producers_done =
                 self.run.producers_done.load(Ordering::Relaxed) == self.producers.len();
+            let consumers_done = match self.args.consumer_messages {
+                Some(wanted) => totals.received >= wanted,
+                None => {
+                    self.consumers.is_empty()
+                        || totals.received >= totals.sent
+                        || now - progress.0 >= DRAIN_TIMEOUT
+                }
+            };
             let ended = self.run.stopped()
                 || interrupted()
                 || deadline.is_some_and(|deadline| now >= deadline)
-                || (deadline.is_none()
-                    && producers_done
-                    && (self.consumers.is_empty()
-                        || totals.received >= totals.sent
-                        || now - progress.0 >= DRAIN_TIMEOUT));
+                || (deadline.is_none() && producers_done && consumers_done);
             if now >= tick {
                 self.drain_latencies(&mut interval);
                 latency.add(&interval);
@@ -877,6 +925,10 @@ impl Reporter<'_> {
             }
             _ => line.push_str(", latency -"),
         }
+        let rss_kib = memory_kib("VmRSS");
+        if let Some(kib) = rss_kib {
+            let _ = write!(line, ", rss {}", mib(kib));
+        }
         let _ = writeln!(std::io::stderr(), "{line}");
         if self.args.json {
             let object = Progress {
@@ -885,7 +937,10 @@ impl Reporter<'_> {
                 sent_per_second: round(sent, 1),
                 confirmed_per_second: round(confirmed, 1),
                 received_per_second: round(received, 1),
+                received: now.received,
                 latency_ms: LatencyMs::of(latency),
+                rss_kib,
+                peak_rss_kib: memory_kib("VmHWM"),
             };
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{}", json(&object)).and_then(|()| out.flush());
@@ -938,6 +993,7 @@ impl Report {
             confirmed_per_second: rate(t.confirmed, self.publish_seconds),
             received_per_second: rate(t.received, self.consume_seconds),
             latency_ms: LatencyMs::of(&self.latency),
+            peak_rss_kib: memory_kib("VmHWM"),
         }
     }
 }
@@ -975,7 +1031,13 @@ struct Progress {
     sent_per_second: f64,
     confirmed_per_second: f64,
     received_per_second: f64,
+    /// Messages received since the start.
+    received: u64,
     latency_ms: LatencyMs,
+    /// The tool's resident memory now (`null` where it can't be read).
+    rss_kib: Option<u64>,
+    /// Its peak since it started.
+    peak_rss_kib: Option<u64>,
 }
 
 /// The end-of-run summary. Rates divide by `publish_seconds` (until the
@@ -1004,6 +1066,9 @@ struct Summary {
     confirmed_per_second: f64,
     received_per_second: f64,
     latency_ms: LatencyMs,
+    /// The tool's peak resident memory over the run (`null` where it can't
+    /// be read).
+    peak_rss_kib: Option<u64>,
 }
 
 impl Summary {
@@ -1062,8 +1127,26 @@ impl Summary {
                 let _ = writeln!(t, "latency    -");
             }
         }
+        if let Some(kib) = self.peak_rss_kib {
+            let _ = writeln!(t, "memory     peak RSS {}", mib(kib));
+        }
         t
     }
+}
+
+/// One of this process's memory figures from `/proc/self/status` (`VmRSS`,
+/// resident now; `VmHWM`, the peak), in KiB; `None` off Linux.
+fn memory_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// KiB as MiB to one decimal.
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 fn json(value: &impl Serialize) -> String {
@@ -1122,6 +1205,16 @@ mod tests {
         assert!(stamp >= before && stamp <= unix_nanos());
         assert_eq!(&body[8..12], &7u32.to_be_bytes());
         assert!(body[12..].iter().all(|&b| b == 0));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn resident_memory_is_read_from_proc_and_the_peak_is_at_least_the_current() {
+        let rss = memory_kib("VmRSS").expect("VmRSS on Linux");
+        let peak = memory_kib("VmHWM").expect("VmHWM on Linux");
+        assert!(rss > 0 && peak >= rss, "rss {rss} KiB, peak {peak} KiB");
+        assert_eq!(memory_kib("NoSuchField"), None);
+        assert_eq!(mib(1536), "1.5 MiB");
     }
 
     #[test]

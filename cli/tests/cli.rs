@@ -164,6 +164,72 @@ fn perf_for_a_duration_at_a_set_rate_prints_progress_then_a_table() {
 }
 
 #[test]
+fn perf_producers_and_consumers_in_two_processes_share_a_named_queue_and_keep_it() {
+    let queue = TestQueue::new("perf-named");
+    let produced = warren(&[
+        "perf",
+        "--producers",
+        "1",
+        "--consumers",
+        "0",
+        "--queue",
+        &queue.name,
+        "--messages",
+        "700",
+        "--confirm",
+        "100",
+        "--json",
+    ]);
+    let produced = summary(&produced);
+    assert_eq!(produced["confirmed"], 700, "{produced}");
+    assert_eq!(produced["received"], 0, "{produced}");
+
+    // The queue outlived the producer's run, with every message in it.
+    let channel = queue.connection.open_channel().expect("a channel");
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let held = channel
+        .queue_declare(&queue.name, passive, FieldTable::new())
+        .expect("the named queue is kept");
+    assert_eq!(held.message_count, 700);
+
+    let consumed = warren(&[
+        "perf",
+        "--producers",
+        "0",
+        "--consumers",
+        "1",
+        "--queue",
+        &queue.name,
+        "--consumer-messages",
+        "700",
+        "--json",
+    ]);
+    let stdout = text(&consumed.stdout);
+    let consumed = summary(&consumed);
+    assert_eq!(consumed["received"], 700, "{consumed}");
+    assert_eq!(consumed["latency_ms"]["samples"], 700, "{consumed}");
+    let held = channel
+        .queue_declare(&queue.name, passive, FieldTable::new())
+        .expect("the named queue is kept");
+    assert_eq!(held.message_count, 0, "every message was acked");
+
+    // Resident memory, on Linux: the peak in the summary, the current
+    // figure and the received total in each progress object.
+    if cfg!(target_os = "linux") {
+        let peak = consumed["peak_rss_kib"].as_u64().expect("a peak RSS");
+        assert!(peak > 1024, "{consumed}");
+        for line in stdout.lines().filter(|l| l.contains("\"progress\"")) {
+            let progress: Value = serde_json::from_str(line).expect("JSON");
+            assert!(progress["rss_kib"].as_u64().is_some(), "{progress}");
+            assert!(progress["received"].as_u64().unwrap() <= 700, "{progress}");
+        }
+    }
+}
+
+#[test]
 fn a_published_body_comes_back_from_consume() {
     let queue = TestQueue::new("round-trip");
     let published = warren(&[
@@ -260,6 +326,9 @@ fn bad_arguments_exit_2_with_one_line() {
         &["perf", "--uri", "http://127.0.0.1/"],
         &["perf", "--producers", "0", "--consumers", "0"],
         &["perf", "--duration", "1", "--messages", "1"],
+        &["perf", "--queue", "q", "--queues", "2"],
+        &["perf", "--consumers", "0", "--consumer-messages", "5"],
+        &["perf", "--consumer-messages", "0"],
         &["publish", "--body", "x"],
         &["publish", "--routing-key", "q", "--header", "novalue"],
         &["consume"],
