@@ -6,10 +6,13 @@
 //! and two system calls for a handful of messages. When bytes arrive fast,
 //! the reactor asks the kernel (`SO_RCVLOWAT`) to report the socket readable
 //! only once a *mark* of bytes waits: a millisecond of the arrival rate
-//! measured while bytes flow (rounded down to a power of two), between
-//! [`MIN_MARK`] and [`MAX_MARK`]. Each wake-up's fixed cost (a sleep, a wake,
-//! two system calls, and for the async facade a second thread's wake-up)
-//! is then shared by a batch worth a millisecond's work or less.
+//! measured while bytes flow (rounded down to [`MARK_BITS`] significant
+//! bits, so between 0.8 and 1 ms of it), between [`MIN_MARK`] and
+//! [`MAX_MARK`]. Each wake-up's fixed cost (a sleep, a wake, two system
+//! calls, and for the async facade a second thread's wake-up) is then
+//! shared by a batch worth most of a millisecond's work. A mark stays while
+//! the rate moves little (it fills within a millisecond, and in no less
+//! than three quarters of one), so a steady stream sets it once.
 //!
 //! - **Nothing is stranded.** While a mark is set the reactor waits
 //!   [`FALLBACK`] past its last read (rounded up to whole milliseconds, as
@@ -72,6 +75,10 @@ const DEEP_PIPELINE_MIN_MARK: usize = 128;
 
 /// The largest mark (wakes at most this far apart in bytes).
 const MAX_MARK: usize = 64 * 1024;
+
+/// Significant bits a mark keeps of a millisecond's bytes: three, so a mark
+/// is at least four fifths of them.
+const MARK_BITS: u32 = 3;
 
 /// Stalls with no read in between that the kernel woke us for at a mark:
 /// they hold marks off.
@@ -243,7 +250,9 @@ impl ReceiveCoalescing {
     /// Sets the rate's mark from the period.
     fn end_period(&mut self) {
         let per_ms = self.period_bytes as u128 * 1000 / self.period_flowing.as_micros().max(1);
-        self.rate_mark = mark_for(per_ms, self.min_mark);
+        if !still_fits(self.rate_mark, per_ms, self.min_mark) {
+            self.rate_mark = mark_for(per_ms, self.min_mark);
+        }
         self.start_period();
     }
 
@@ -261,15 +270,25 @@ impl ReceiveCoalescing {
 }
 
 /// The mark for an arrival rate of `per_ms` bytes per millisecond: a
-/// millisecond of it rounded down to a power of two (so small changes in
-/// rate leave the mark alone, and the mark fills within the fallback wait),
+/// millisecond of it rounded down to [`MARK_BITS`] significant bits (so the
+/// mark fills within the fallback wait, and takes at least 0.8 ms of it),
 /// within `min_mark..=`[`MAX_MARK`], or [`NO_MARK`].
 fn mark_for(per_ms: u128, min_mark: usize) -> usize {
     let per_ms = usize::try_from(per_ms).unwrap_or(usize::MAX);
     if per_ms < min_mark {
         return NO_MARK;
     }
-    (1 << per_ms.ilog2()).min(MAX_MARK)
+    let dropped_bits = per_ms.ilog2().saturating_sub(MARK_BITS - 1);
+    (per_ms >> dropped_bits << dropped_bits).min(MAX_MARK)
+}
+
+/// Whether `mark` still suits a rate of `per_ms` bytes per millisecond: it
+/// fills within a millisecond but takes at least three quarters of one (or
+/// it is [`MAX_MARK`] and the rate is higher still), and it is no smaller
+/// than `min_mark`. Keeping it spares a system call per small change of rate.
+fn still_fits(mark: usize, per_ms: u128, min_mark: usize) -> bool {
+    let mark_wide = mark as u128;
+    mark >= min_mark && mark_wide <= per_ms && (mark == MAX_MARK || mark_wide * 4 >= per_ms * 3)
 }
 
 #[cfg(test)]
@@ -318,9 +337,9 @@ mod tests {
         let mut policy = ReceiveCoalescing::new(true, t0);
         let (now, marks) = stream(&mut policy, t0, 100 * US, 64 * 1024, 10 * MS);
         assert_eq!(marks, vec![MAX_MARK]);
-        // 600 bytes per 100 µs: 6,000 per ms, a 4 KiB mark.
+        // 600 bytes per 100 µs: 6,000 per ms, a 5 KiB mark.
         let (now, marks) = stream(&mut policy, now, 100 * US, 600, 10 * MS);
-        assert_eq!(marks, vec![4096]);
+        assert_eq!(marks, vec![5120]);
         // 300 per 100 µs: 3,000 per ms, not worth a mark.
         let (_, marks) = stream(&mut policy, now, 100 * US, 300, 10 * MS);
         assert_eq!(marks, vec![NO_MARK]);
@@ -386,9 +405,9 @@ mod tests {
         let mut policy = ReceiveCoalescing::new(true, t0);
         let (mut now, _) = stream(&mut policy, t0, 100 * US, 8000, 10 * MS);
         assert_eq!(policy.mark(), MAX_MARK);
-        // 6,000 bytes in a millisecond: a 4 KiB mark fits.
+        // 6,000 bytes in a millisecond: a 5 KiB mark fits.
         now += FALLBACK;
-        assert_eq!(policy.after_read(6000, true, now), Some(4096));
+        assert_eq!(policy.after_read(6000, true, now), Some(5120));
     }
 
     #[test]
@@ -483,12 +502,36 @@ mod tests {
     }
 
     #[test]
-    fn marks_are_powers_of_two_within_bounds() {
+    fn a_steady_stream_keeps_its_mark_through_small_changes_of_rate() {
+        let (mut policy, now) = streaming();
+        // 9,000 and 10,500 bytes per ms: 8 KiB still takes 0.78-0.91 ms.
+        let (now, marks) = stream(&mut policy, now, 100 * US, 900, 20 * MS);
+        assert!(marks.is_empty(), "{marks:?}");
+        let (now, marks) = stream(&mut policy, now, 100 * US, 1050, 20 * MS);
+        assert!(marks.is_empty(), "{marks:?}");
+        // 12,000: 8 KiB would take only 0.68 ms; 10 KiB takes 0.85.
+        let (now, marks) = stream(&mut policy, now, 100 * US, 1200, 20 * MS);
+        assert_eq!(marks, vec![10_240]);
+        // 7,500: 10 KiB no longer fills in a millisecond; 7 KiB does.
+        let (_, marks) = stream(&mut policy, now, 100 * US, 750, 20 * MS);
+        assert_eq!(marks, vec![7168]);
+    }
+
+    #[test]
+    fn marks_keep_three_significant_bits_within_bounds() {
         assert_eq!(mark_for(0, MIN_MARK), NO_MARK);
         assert_eq!(mark_for(4095, MIN_MARK), NO_MARK);
         assert_eq!(mark_for(4096, MIN_MARK), 4096);
-        assert_eq!(mark_for(12_000, MIN_MARK), 8192);
+        assert_eq!(mark_for(7680, MIN_MARK), 7168);
+        assert_eq!(mark_for(12_000, MIN_MARK), 10_240);
         assert_eq!(mark_for(16_384, MIN_MARK), 16_384);
+        for per_ms in (4096..200_000).step_by(97) {
+            let mark = mark_for(per_ms, MIN_MARK) as u128;
+            assert!(
+                mark <= per_ms && (mark * 5 >= per_ms * 4 || mark == 65_536),
+                "{per_ms}"
+            );
+        }
         assert_eq!(mark_for(100_000, MIN_MARK), MAX_MARK);
         assert_eq!(mark_for(u128::MAX, MIN_MARK), MAX_MARK);
         assert_eq!(mark_for(127, DEEP_PIPELINE_MIN_MARK), NO_MARK);
