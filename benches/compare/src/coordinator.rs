@@ -9,7 +9,9 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use warren::protocol::{BasicProperties, FieldTable};
 
 use crate::report::{self, Sample};
 use crate::worker::{self, Job};
-use crate::{Res, Scenario, CLIENTS};
+use crate::{Res, Scenario, CLIENTS, MAX_BACKLOG};
 
 pub const USAGE: &str = "\
 usage: warren-compare [OPTIONS]
@@ -38,6 +40,10 @@ options:
   --queues Q          queues in many-queues (default 200)
   --uri URI           broker (default $WARREN_TEST_URI or amqp://guest:guest@127.0.0.1:5672/%2f)
   --out DIR           where RESULTS.md and results.csv go (default: this crate's folder)
+  --memory            the memory run instead: long-consume, one consumer taking 10 M
+                      messages of 1 KiB (prefetch 1000) from a queue the harness keeps
+                      topped up, RSS read after 100k and every 1 M; writes MEMORY.md and
+                      memory.csv (--messages, --sizes, --runs, --clients still apply)
   --help              this text";
 
 /// What to run.
@@ -51,6 +57,8 @@ pub struct Options {
     pub queues: usize,
     pub uri: String,
     pub out: PathBuf,
+    /// The memory run (`--memory`): long-consume only, MEMORY.md.
+    pub memory: bool,
 }
 
 impl Options {
@@ -61,25 +69,29 @@ impl Options {
             sizes: vec![16, 1024],
             runs: 3,
             clients: CLIENTS.iter().map(|c| c.to_string()).collect(),
-            scenarios: Scenario::ALL.to_vec(),
+            scenarios: Scenario::DEFAULT.to_vec(),
             queues: 200,
             uri: std::env::var("WARREN_TEST_URI")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             out: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            memory: false,
         };
+        let (mut messages, mut sizes, mut runs) = (None, None, None);
         let mut args = args.iter();
         while let Some(flag) = args.next() {
             if flag == "--help" || flag == "-h" {
                 return Ok(None);
             }
+            if flag == "--memory" {
+                options.memory = true;
+                continue;
+            }
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             let list = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
             match flag.as_str() {
-                "--messages" => options.messages = value.parse()?,
-                "--sizes" => {
-                    options.sizes = list().map(str::parse).collect::<Result<_, _>>()?;
-                }
-                "--runs" => options.runs = value.parse()?,
+                "--messages" => messages = Some(value.parse()?),
+                "--sizes" => sizes = Some(list().map(str::parse).collect::<Result<_, _>>()?),
+                "--runs" => runs = Some(value.parse()?),
                 "--clients" => {
                     options.clients = list().map(String::from).collect();
                     for client in &options.clients {
@@ -90,7 +102,13 @@ impl Options {
                 }
                 "--scenarios" => {
                     options.scenarios = list()
-                        .map(|s| Scenario::parse(s).ok_or(format!("unknown scenario {s:?}")))
+                        .map(|s| match Scenario::parse(s) {
+                            Some(Scenario::LongConsume) => {
+                                Err("long-consume is the memory run: use --memory".to_string())
+                            }
+                            Some(scenario) => Ok(scenario),
+                            None => Err(format!("unknown scenario {s:?}")),
+                        })
                         .collect::<Result<_, _>>()?;
                 }
                 "--queues" => options.queues = value.parse()?,
@@ -99,6 +117,15 @@ impl Options {
                 other => return Err(format!("unknown option {other}").into()),
             }
         }
+        if options.memory {
+            options.scenarios = vec![Scenario::LongConsume];
+            options.messages = 10_000_000;
+            options.sizes = vec![1024];
+            options.runs = 1;
+        }
+        options.messages = messages.unwrap_or(options.messages);
+        options.sizes = sizes.unwrap_or(options.sizes);
+        options.runs = runs.unwrap_or(options.runs);
         if options.messages == 0 || options.runs == 0 || options.queues == 0 {
             return Err("--messages, --runs and --queues must be positive".into());
         }
@@ -160,11 +187,17 @@ pub fn run(options: &Options) -> Res {
         }
     }
     let elapsed = started.elapsed();
-    report::write(options, &machine, &samples, elapsed)?;
+    let (markdown, csv) = if options.memory {
+        report::write_memory(options, &machine, &samples, elapsed)?;
+        ("MEMORY.md", "memory.csv")
+    } else {
+        report::write(options, &machine, &samples, elapsed)?;
+        ("RESULTS.md", "results.csv")
+    };
     println!(
         "wrote {} and {} in {:.0} s",
-        options.out.join("RESULTS.md").display(),
-        options.out.join("results.csv").display(),
+        options.out.join(markdown).display(),
+        options.out.join(csv).display(),
         elapsed.as_secs_f64()
     );
     harness.connection.close()?;
@@ -263,7 +296,22 @@ impl Harness {
         let go = worker.expect("@@go", Duration::from_secs(60))?;
         let broker_before = self.broker_cpu_us();
         let machine_before = report::machine_cpu_us();
-        let done = worker.expect("@@done", Duration::from_secs(600))?;
+        let top_up = (job.scenario == Scenario::LongConsume && job.messages > job.prefill())
+            .then(|| TopUp::start(job));
+        // At least 5,000 messages a second, and never less than 10 minutes.
+        let work_timeout = Duration::from_secs((job.messages / 5_000).max(600));
+        let done = worker.expect("@@done", work_timeout);
+        if let Some(top_up) = top_up {
+            let published = top_up.stop()?;
+            if done.is_ok() && published != job.messages - job.prefill() {
+                return Err(format!(
+                    "the top-up published {published} of {}",
+                    job.messages - job.prefill()
+                )
+                .into());
+            }
+        }
+        let done = done?;
         let end = match job.scenario {
             Scenario::Publish | Scenario::PublishConfirm => {
                 // Timed until the queue holds every message.
@@ -282,7 +330,7 @@ impl Harness {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            Scenario::Consume | Scenario::ManyQueues => done.0,
+            Scenario::Consume | Scenario::ManyQueues | Scenario::LongConsume => done.0,
         };
         let broker_after = self.broker_cpu_us();
         let machine_after = report::machine_cpu_us();
@@ -297,6 +345,12 @@ impl Harness {
                 "sleeps" => sample.sleeps = Some(value.parse()?),
                 "jain" if job.scenario == Scenario::ManyQueues => {
                     sample.jain = Some(value.parse()?)
+                }
+                "rss_kb_at" => {
+                    for reading in value.split(',').filter(|r| !r.is_empty()) {
+                        let (received, kb) = reading.split_once(':').ok_or("bad rss_kb_at")?;
+                        sample.rss_kb_at.push((received.parse()?, kb.parse()?));
+                    }
                 }
                 _ => {}
             }
@@ -358,10 +412,10 @@ impl Queues<'_> {
             self.channel
                 .queue_declare(name, QueueDeclareOptions::default(), FieldTable::new())?;
         }
-        if matches!(job.scenario, Scenario::Consume | Scenario::ManyQueues) {
+        if job.scenario.consumes() {
             let body = Bytes::from(job.body());
             for name in &self.names {
-                for _ in 0..job.per_queue() {
+                for _ in 0..job.prefill() {
                     self.channel.basic_publish(
                         "",
                         name,
@@ -379,7 +433,7 @@ impl Queues<'_> {
                     .channel
                     .queue_declare(name, passive(), FieldTable::new())?
                     .message_count as u64;
-                if ready != job.per_queue() {
+                if ready != job.prefill() {
                     return Err(format!("{name} holds {ready} after filling").into());
                 }
             }
@@ -391,7 +445,7 @@ impl Queues<'_> {
     fn check_after(&self, job: &Job) -> Res {
         let expected = match job.scenario {
             Scenario::Publish | Scenario::PublishConfirm => job.messages,
-            Scenario::Consume | Scenario::ManyQueues => 0,
+            Scenario::Consume | Scenario::ManyQueues | Scenario::LongConsume => 0,
         };
         let mut total = 0;
         for name in &self.names {
@@ -417,6 +471,67 @@ impl Drop for Queues<'_> {
                 eprintln!("warren-compare: could not delete queue {name}: {e}");
             }
         }
+    }
+}
+
+/// The publisher of `long-consume`: on a connection of its own, publishes
+/// the messages the harness did not fill before timing, in batches of
+/// [`crate::CONFIRM_WINDOW`] with confirms, and only while the queue holds at
+/// most [`MAX_BACKLOG`] messages, so the broker's memory stays bounded.
+/// (The broker cannot take messages in as fast as a consumer takes them
+/// out: once the first backlog is drained, the consumer runs at the
+/// publisher's pace.)
+struct TopUp {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Res<u64>>,
+}
+
+impl TopUp {
+    fn start(job: &Job) -> TopUp {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (uri, queue) = (job.uri.clone(), job.queues[0].clone());
+        let (total, body) = (job.messages - job.prefill(), Bytes::from(job.body()));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || -> Res<u64> {
+            let connection = Connection::open(&uri)?;
+            let channel = connection.open_channel()?;
+            channel.confirm_select()?;
+            let mut published = 0;
+            while published < total && !stopped.load(Ordering::Relaxed) {
+                let depth = channel
+                    .queue_declare(&queue, passive(), FieldTable::new())?
+                    .message_count as u64;
+                if depth > MAX_BACKLOG {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                let batch = (total - published).min(crate::CONFIRM_WINDOW as u64);
+                for _ in 0..batch {
+                    channel.basic_publish(
+                        "",
+                        &queue,
+                        PublishOptions::default(),
+                        BasicProperties::default(),
+                        body.clone(),
+                    )?;
+                }
+                if !channel.wait_for_confirms()? {
+                    return Err("the broker nacked a top-up message".into());
+                }
+                published += batch;
+            }
+            connection.close()?;
+            Ok(published)
+        });
+        TopUp { stop, thread }
+    }
+
+    /// Stops publishing (if not done yet); how many messages it published.
+    fn stop(self) -> Res<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| "the top-up thread panicked")?
     }
 }
 

@@ -26,11 +26,25 @@ pub enum Scenario {
     Consume,
     /// N messages spread over many pre-filled queues, one consumer per queue.
     ManyQueues,
+    /// The memory run (`--memory`): a long consume (10 M messages by
+    /// default) from a queue the harness keeps topped up to
+    /// [`MAX_BACKLOG`] while the worker consumes; the worker's RSS is read
+    /// at [`MEMORY_MARKS`].
+    LongConsume,
 }
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
+        Scenario::Publish,
+        Scenario::PublishConfirm,
+        Scenario::Consume,
+        Scenario::ManyQueues,
+        Scenario::LongConsume,
+    ];
+
+    /// The scenarios of a default run (the memory run is `--memory`).
+    pub const DEFAULT: [Scenario; 4] = [
         Scenario::Publish,
         Scenario::PublishConfirm,
         Scenario::Consume,
@@ -44,7 +58,16 @@ impl Scenario {
             Scenario::PublishConfirm => "publish-confirm",
             Scenario::Consume => "consume",
             Scenario::ManyQueues => "many-queues",
+            Scenario::LongConsume => "long-consume",
         }
+    }
+
+    /// Whether the worker consumes (from queues the harness fills).
+    pub fn consumes(self) -> bool {
+        matches!(
+            self,
+            Scenario::Consume | Scenario::ManyQueues | Scenario::LongConsume
+        )
     }
 
     /// Parses a scenario name.
@@ -62,6 +85,18 @@ pub const CONFIRM_WINDOW: usize = 1000;
 pub const PREFETCH: u16 = 1000;
 /// Consumers ack with `multiple = true` every this many deliveries.
 pub const ACK_EVERY: u64 = 100;
+
+/// In `long-consume`, the harness publishes more only while the queue holds
+/// at most this many messages (and fills it with this many before timing),
+/// so the consumer never waits for the publisher and the broker's memory
+/// stays bounded.
+pub const MAX_BACKLOG: u64 = 200_000;
+/// In `long-consume`, the worker reads its RSS when it has received this
+/// many messages (the first is the baseline of the flatness check), then
+/// every [`MEMORY_STEP`].
+pub const MEMORY_FIRST_MARK: u64 = 100_000;
+/// See [`MEMORY_FIRST_MARK`].
+pub const MEMORY_STEP: u64 = 1_000_000;
 
 /// A boxed error: every client library has its own error type.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

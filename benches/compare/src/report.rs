@@ -36,6 +36,9 @@ pub struct Sample {
     /// CPU time of everything else on the machine over the timed span
     /// (not the worker, not the broker): other people's load.
     pub other_cpu_us: Option<u64>,
+    /// long-consume: the worker's RSS (KiB) as it passed each memory mark,
+    /// with the messages it had received then.
+    pub rss_kb_at: Vec<(u64, u64)>,
     pub error: Option<String>,
 }
 
@@ -54,6 +57,7 @@ impl Sample {
             jain: None,
             broker_cpu_us: None,
             other_cpu_us: None,
+            rss_kb_at: Vec::new(),
             error: None,
         }
     }
@@ -250,6 +254,23 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// The report's line on what was built: warren's commit, the peers'
+    /// versions, the compiler.
+    fn clients_line(&self) -> String {
+        let peers: Vec<String> = PEER_VERSIONS
+            .iter()
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        format!(
+            "- Clients: {}; {}; built with {}, release profile.",
+            self.warren,
+            peers.join(", "),
+            self.rustc
+        )
+    }
+}
+
 fn command(program: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(program).args(args).output().ok()?;
     output
@@ -371,17 +392,7 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
         options.runs);
     let _ = writeln!(md, "- Machine: {} CPUs (nproc), {}; {}; RabbitMQ {} on the same machine (`rabbitmqctl version`).",
         machine.cpus, machine.cpu_model, machine.kernel, machine.rabbitmq);
-    let _ = writeln!(
-        md,
-        "- Clients: {}; {}; built with {}, release profile.",
-        machine.warren,
-        PEER_VERSIONS
-            .iter()
-            .map(|(n, v)| format!("{n} {v}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        machine.rustc
-    );
+    let _ = writeln!(md, "{}", machine.clients_line());
     let _ = writeln!(md, "- Many-queues: {} queues; broker CPU is `beam.smp`'s share of one core over the timed span.\n", options.queues);
     let other = median(
         samples
@@ -606,6 +617,166 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
         }
     }
     std::fs::write(options.out.join("results.csv"), csv)?;
+    Ok(())
+}
+
+/// How much the peak RSS may exceed the RSS after the first 100k messages
+/// for a client's memory to count as flat.
+const FLAT_WITHIN: f64 = 0.10;
+
+/// Writes MEMORY.md and memory.csv (the `--memory` run) into `options.out`.
+pub fn write_memory(
+    options: &Options,
+    machine: &Machine,
+    samples: &[Sample],
+    elapsed: Duration,
+) -> Res {
+    std::fs::create_dir_all(&options.out)?;
+    let mib = |kb: u64| kb as f64 / 1024.0;
+    let mut md = String::new();
+    let _ = writeln!(md, "# warren-compare memory run\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo run --release -p warren-compare -- --memory{}` on {} ({:.0} s in all). \
+         See [README.md](README.md) for what is measured and how.\n",
+        if options.messages == 10_000_000 && options.sizes == [1024] && options.runs == 1 {
+            ""
+        } else {
+            " ..."
+        },
+        machine.date,
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        md,
+        "- One consumer takes {} messages of {} from one queue (basic.qos prefetch {}, \
+         manual ack with `multiple` every {}). The harness fills the queue with {} before \
+         timing, then, on a connection of its own, publishes the rest while the worker \
+         consumes, in batches of {} with confirms, whenever the queue holds at most {}, \
+         so the broker never holds gigabytes. Once the first backlog is drained the \
+         consumer runs at the pace the broker can take messages in and hand them out \
+         (the publisher shares the broker), so msgs/s and CPU per message here are those \
+         of a paced consumer, not the consume scenario's.",
+        options.messages,
+        options
+            .sizes
+            .iter()
+            .map(|&s| size_label(s))
+            .collect::<Vec<_>>()
+            .join(", "),
+        crate::PREFETCH,
+        crate::ACK_EVERY,
+        crate::MAX_BACKLOG,
+        crate::CONFIRM_WINDOW,
+        crate::MAX_BACKLOG,
+    );
+    let _ = writeln!(
+        md,
+        "- The worker reads its own RSS (`VmRSS`) once it has received {} messages, then \
+         at every {} more; peak RSS is `VmHWM` at the end (the whole process life). \
+         **Flat** means the peak is within {:.0}% of the RSS after the first {}.",
+        crate::MEMORY_FIRST_MARK,
+        crate::MEMORY_STEP,
+        FLAT_WITHIN * 100.0,
+        crate::MEMORY_FIRST_MARK,
+    );
+    let _ = writeln!(
+        md,
+        "- Machine: {} CPUs (nproc), {}; {}; RabbitMQ {} on the same machine.",
+        machine.cpus, machine.cpu_model, machine.kernel, machine.rabbitmq
+    );
+    let _ = writeln!(md, "{}\n", machine.clients_line());
+    let _ = writeln!(
+        md,
+        "| client | size | run | msgs/s | CPU µs/msg | RSS at 100k MiB | RSS at 1 M MiB | RSS at the last mark MiB | peak RSS MiB | peak over RSS at 100k | flat |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    let mut ordered: Vec<&Sample> = samples.iter().collect();
+    ordered.sort_by_key(|s| {
+        let client = CLIENTS.iter().position(|&c| c == s.client).unwrap_or(0);
+        (s.size, client, s.run)
+    });
+    let at = |s: &Sample, mark: u64| s.rss_kb_at.iter().find(|r| r.0 >= mark).map(|r| r.1);
+    for s in &ordered {
+        if let Some(error) = &s.error {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | failed: {} | | | | | | | |",
+                s.client,
+                size_label(s.size),
+                s.run + 1,
+                error.replace('|', "/")
+            );
+            continue;
+        }
+        let baseline = at(s, crate::MEMORY_FIRST_MARK);
+        let growth = baseline.map(|b| s.peak_rss_kb as f64 / b as f64 - 1.0);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {} | {} |",
+            s.client,
+            size_label(s.size),
+            s.run + 1,
+            s.rate(),
+            s.cpu_per_message(),
+            baseline.map_or("-".into(), |kb| format!("{:.1}", mib(kb))),
+            at(s, crate::MEMORY_STEP).map_or("-".into(), |kb| format!("{:.1}", mib(kb))),
+            s.rss_kb_at
+                .last()
+                .map_or("-".into(), |r| format!("{:.1}", mib(r.1))),
+            s.rss_mib(),
+            growth.map_or("-".into(), |g| format!("{:+.1}%", g * 100.0)),
+            match growth {
+                Some(g) if g <= FLAT_WITHIN => "yes",
+                Some(_) => "no",
+                None => "-",
+            }
+        );
+    }
+    let _ = writeln!(md, "\n## RSS at each mark\n");
+    let _ = writeln!(md, "MiB, by messages received.\n");
+    for s in ordered.iter().filter(|s| s.error.is_none()) {
+        let readings: Vec<String> = s
+            .rss_kb_at
+            .iter()
+            .map(|(received, kb)| format!("{}k: {:.1}", received / 1000, mib(*kb)))
+            .collect();
+        let _ = writeln!(
+            md,
+            "- {} ({}, run {}): {}",
+            s.client,
+            size_label(s.size),
+            s.run + 1,
+            readings.join(", ")
+        );
+    }
+    let _ = writeln!(md, "\nEvery reading is in [memory.csv](memory.csv).");
+    std::fs::write(options.out.join("MEMORY.md"), md)?;
+
+    let mut csv = String::from(
+        "client,size_bytes,run,messages,wall_s,msgs_per_s,cpu_us_per_msg,peak_rss_kib,received_at_reading,rss_kib_at_reading,error\n",
+    );
+    for s in &ordered {
+        let head = format!("{},{},{},{}", s.client, s.size, s.run + 1, s.messages);
+        if let Some(error) = &s.error {
+            let _ = writeln!(csv, "{head},,,,,,,\"{}\"", error.replace('"', "'"));
+            continue;
+        }
+        let totals = format!(
+            "{:.3},{:.0},{:.3},{}",
+            s.wall.as_secs_f64(),
+            s.rate(),
+            s.cpu_per_message(),
+            s.peak_rss_kb
+        );
+        for (received, kb) in &s.rss_kb_at {
+            let _ = writeln!(csv, "{head},{totals},{received},{kb},");
+        }
+    }
+    std::fs::write(options.out.join("memory.csv"), csv)?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@
 //! connection (not timed).
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,18 @@ impl Job {
     /// Messages per queue.
     pub fn per_queue(&self) -> u64 {
         self.messages / self.queues.len() as u64
+    }
+
+    /// Messages per queue the harness publishes before timing: all of them
+    /// for the consume scenarios, the first [`crate::MAX_BACKLOG`] for
+    /// long-consume (the rest go in while the worker consumes), none for the
+    /// publish scenarios.
+    pub fn prefill(&self) -> u64 {
+        match self.scenario {
+            Scenario::Consume | Scenario::ManyQueues => self.per_queue(),
+            Scenario::LongConsume => self.per_queue().min(crate::MAX_BACKLOG),
+            Scenario::Publish | Scenario::PublishConfirm => 0,
+        }
     }
 
     /// The body every publisher sends.
@@ -99,7 +112,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let mut signal = Signal::new(job.queues.len());
+    let mut signal = Signal::new(&job);
     match clients::run(&client, &job, &mut signal) {
         Ok(()) if signal.result.is_some() => ExitCode::SUCCESS,
         Ok(()) => {
@@ -139,11 +152,14 @@ pub struct Signal {
     stop: Option<futures::channel::oneshot::Receiver<()>>,
     counts: Arc<Vec<AtomicU64>>,
     sampler: Option<(mpsc::Sender<()>, JoinHandle<Vec<u64>>)>,
+    memory: Option<MemoryWatch>,
+    watch_memory: bool,
     result: Option<()>,
 }
 
 impl Signal {
-    fn new(queues: usize) -> Signal {
+    fn new(job: &Job) -> Signal {
+        let queues = job.queues.len();
         let (tx, rx) = futures::channel::oneshot::channel();
         // stdin is read on a thread of its own, so an async client's runtime
         // thread never blocks on it.
@@ -158,6 +174,8 @@ impl Signal {
             stop: Some(rx),
             counts: Arc::new((0..queues).map(|_| AtomicU64::new(0)).collect()),
             sampler: None,
+            memory: None,
+            watch_memory: job.scenario == Scenario::LongConsume,
             result: None,
         }
     }
@@ -178,6 +196,9 @@ impl Signal {
             counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
         });
         self.sampler = Some((tx, sampler));
+        if self.watch_memory {
+            self.memory = Some(MemoryWatch::start(self.counts.clone()));
+        }
         (self.start_cpu, _, self.start_sleeps) = rusage();
         line("@@go");
     }
@@ -213,21 +234,80 @@ impl Signal {
             }
             None => vec![],
         };
-        line(&format!(
+        let mut result = format!(
             "@@result cpu_us={} peak_rss_kb={peak_kb} sleeps={} jain={:.4}",
             cpu - self.start_cpu,
             sleeps - self.start_sleeps,
             jain(&first_second)
-        ));
+        );
+        if let Some(memory) = self.memory.take() {
+            let readings = memory.stop();
+            let readings: Vec<String> = readings
+                .iter()
+                .map(|(received, kb)| format!("{received}:{kb}"))
+                .collect();
+            let _ = write!(result, " rss_kb_at={}", readings.join(","));
+        }
+        line(&result);
         self.result = Some(());
     }
+}
+
+/// Reads the worker's resident set size as its consumer passes the memory
+/// marks (`long-consume`): a thread that looks at the delivery counter
+/// every millisecond.
+struct MemoryWatch {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<Vec<(u64, u64)>>,
+}
+
+impl MemoryWatch {
+    fn start(counts: Arc<Vec<AtomicU64>>) -> MemoryWatch {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let mut readings = Vec::new();
+            let mut mark = crate::MEMORY_FIRST_MARK;
+            loop {
+                let received: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+                if received >= mark {
+                    if let Some(kb) = vm_status_kb("VmRSS:") {
+                        readings.push((received, kb));
+                    }
+                    mark = next_memory_mark(received);
+                }
+                match stopped.recv_timeout(Duration::from_millis(1)) {
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    _ => break,
+                }
+            }
+            readings
+        });
+        MemoryWatch { stop, thread }
+    }
+
+    /// Stops watching; the readings as (messages received, RSS in KiB).
+    fn stop(self) -> Vec<(u64, u64)> {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The first memory mark past `received`: 1 M, 2 M, ... (after the first
+/// at 100k).
+fn next_memory_mark(received: u64) -> u64 {
+    (received / crate::MEMORY_STEP + 1) * crate::MEMORY_STEP
 }
 
 /// The peak resident set size of this process's own address space
 /// (`VmHWM` in /proc/self/status), in KiB.
 pub fn vm_hwm_kb() -> Option<u64> {
+    vm_status_kb("VmHWM:")
+}
+
+/// One `kB` field of /proc/self/status (`VmRSS:`, `VmHWM:`), in KiB.
+fn vm_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -362,6 +442,13 @@ mod tests {
         assert!(!c.nacked);
         c.confirm(6, false, false);
         assert!(c.nacked);
+    }
+
+    #[test]
+    fn memory_marks_step_by_a_million_after_the_first() {
+        assert_eq!(next_memory_mark(100_000), 1_000_000);
+        assert_eq!(next_memory_mark(1_000_000), 2_000_000);
+        assert_eq!(next_memory_mark(1_999_999), 2_000_000);
     }
 
     #[test]

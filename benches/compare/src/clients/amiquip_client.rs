@@ -20,7 +20,7 @@ pub fn run(job: &Job, signal: &mut Signal) -> Res {
             let channel = connection.open_channel(None)?;
             publish(&channel, job, signal)?;
         }
-        Scenario::Consume | Scenario::ManyQueues => {
+        Scenario::Consume | Scenario::ManyQueues | Scenario::LongConsume => {
             let mut channels = Vec::with_capacity(job.queues.len());
             for _ in &job.queues {
                 let channel = connection.open_channel(None)?;

@@ -23,7 +23,9 @@ pub async fn run(job: &Job, signal: &mut Signal) -> Res {
     let connection = Connection::open(&job.uri).await?;
     match job.scenario {
         Scenario::Publish | Scenario::PublishConfirm => publish(&connection, job, signal).await?,
-        Scenario::Consume | Scenario::ManyQueues => consume(&connection, job, signal).await?,
+        Scenario::Consume | Scenario::ManyQueues | Scenario::LongConsume => {
+            consume(&connection, job, signal).await?
+        }
     }
     connection.close().await?;
     Ok(())

@@ -19,7 +19,9 @@ pub fn run(job: &Job, signal: &mut Signal) -> Res {
     let connection = Connection::open(&job.uri)?;
     match job.scenario {
         Scenario::Publish | Scenario::PublishConfirm => publish(&connection, job, signal)?,
-        Scenario::Consume | Scenario::ManyQueues => consume(&connection, job, signal)?,
+        Scenario::Consume | Scenario::ManyQueues | Scenario::LongConsume => {
+            consume(&connection, job, signal)?
+        }
     }
     connection.close()?;
     Ok(())
