@@ -27,7 +27,7 @@ pub const USAGE: &str = "\
 usage: warren-compare [OPTIONS]
 
 Runs publish, publish-confirm, consume and many-queues through warren
-(blocking and async), lapin, amqprs and amiquip against a local RabbitMQ,
+(blocking and async), lapin, amqprs, amiquip and rabbitmq-c against a local RabbitMQ,
 each measurement in a fresh worker process, and writes RESULTS.md and
 results.csv.
 
@@ -35,7 +35,7 @@ options:
   --messages N        messages per measurement (default 200000)
   --sizes A,B         body sizes in bytes (default 16,1024)
   --runs R            runs per client, scenario and size; medians reported (default 3)
-  --clients LIST      any of warren,warren-async,lapin,amqprs,amiquip (default all)
+  --clients LIST      any of warren,warren-async,lapin,amqprs,amiquip,rabbitmq-c (default all)
   --scenarios LIST    any of publish,publish-confirm,consume,many-queues (default all)
   --queues Q          queues in many-queues (default 200)
   --uri URI           broker (default $WARREN_TEST_URI or amqp://guest:guest@127.0.0.1:5672/%2f)
@@ -348,8 +348,13 @@ impl Harness {
                 }
                 "rss_kb_at" => {
                     for reading in value.split(',').filter(|r| !r.is_empty()) {
-                        let (received, kb) = reading.split_once(':').ok_or("bad rss_kb_at")?;
-                        sample.rss_kb_at.push((received.parse()?, kb.parse()?));
+                        let mut parts = reading.split(':').map(str::parse::<u64>);
+                        let (Some(received), Some(rss), Some(anon)) =
+                            (parts.next(), parts.next(), parts.next())
+                        else {
+                            return Err("bad rss_kb_at reading".into());
+                        };
+                        sample.rss_kb_at.push((received?, rss?, anon?));
                     }
                 }
                 _ => {}

@@ -1,5 +1,6 @@
 //! `warren-compare`: the same AMQP workloads through warren (blocking and
-//! async), lapin, amqprs and amiquip, against a local RabbitMQ.
+//! async), lapin, amqprs, amiquip and rabbitmq-c (the C client, through
+//! FFI), against a local RabbitMQ.
 //!
 //! The harness process (the coordinator) prepares queues, then re-executes
 //! itself as a worker (`warren-compare --worker ...`) for every single
@@ -77,7 +78,14 @@ impl Scenario {
 }
 
 /// The clients, in the order of the first round.
-pub const CLIENTS: [&str; 5] = ["warren", "warren-async", "lapin", "amqprs", "amiquip"];
+pub const CLIENTS: [&str; 6] = [
+    "warren",
+    "warren-async",
+    "lapin",
+    "amqprs",
+    "amiquip",
+    "rabbitmq-c",
+];
 
 /// Publisher confirms outstanding at most, in `publish-confirm`.
 pub const CONFIRM_WINDOW: usize = 1000;

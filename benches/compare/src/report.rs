@@ -36,9 +36,9 @@ pub struct Sample {
     /// CPU time of everything else on the machine over the timed span
     /// (not the worker, not the broker): other people's load.
     pub other_cpu_us: Option<u64>,
-    /// long-consume: the worker's RSS (KiB) as it passed each memory mark,
-    /// with the messages it had received then.
-    pub rss_kb_at: Vec<(u64, u64)>,
+    /// long-consume: the worker's RSS and its anonymous part (KiB) as it
+    /// passed each memory mark, after the messages it had received then.
+    pub rss_kb_at: Vec<(u64, u64, u64)>,
     pub error: Option<String>,
 }
 
@@ -263,9 +263,10 @@ impl Machine {
             .map(|(n, v)| format!("{n} {v}"))
             .collect();
         format!(
-            "- Clients: {}; {}; built with {}, release profile.",
+            "- Clients: {}; {}; rabbitmq-c {} (Debian's librabbitmq, through FFI declarations in `src/clients/rabbitmq_c.rs`); built with {}, release profile.",
             self.warren,
             peers.join(", "),
+            crate::clients::rabbitmq_c::version(),
             self.rustc
         )
     }
@@ -339,6 +340,7 @@ const DRIVEN: &str = "\
 | lapin | tokio current-thread runtime (plus lapin's own I/O-loop thread) | `basic_publish` futures run concurrently with `buffer_unordered(1000)` (each resolves when lapin has written it; awaiting one by one would serialise on the I/O loop) | the same stream, each future also awaiting its `PublisherConfirm`: at most 1000 confirms outstanding | `StreamExt::next` on the consumer; each multiple-ack (`Channel::basic_ack`) is spawned as a task so the consumer does not wait for it to be written | one tokio task per queue |
 | amqprs | tokio current-thread runtime (its reader, writer, channel and consumer tasks share it) | `basic_publish(..).await` in a loop (completes once handed to its writer task); it takes the body as an owned `Vec<u8>`, so one copy per message | no per-message confirm future: a `ChannelCallback` counts `publish_ack`/`publish_nack` (honouring `multiple`) and the publisher waits on a `Notify` whenever 1000 are outstanding | `basic_consume_rx` receiver, `basic_ack(..).await` every 100 | one tokio task per queue |
 | amiquip | blocking (its own mio I/O thread) | `basic_publish` in a loop | confirms come as raw acks on the crossbeam receiver of `listen_for_publisher_confirms`; drained without blocking after each publish, blocking on it when 1000 are outstanding | the consumer's crossbeam receiver, `ack_multiple` every 100 | one thread per queue, each owning its channel (amiquip channels are not `Sync`) |
+| rabbitmq-c | blocking, single-threaded C (no I/O thread; every call does its own I/O) | `amqp_basic_publish` in a loop (one `send` per message) | the same; after each publish, the acks already in its receive buffer are read (`amqp_data_in_buffer`, no system call), and once 1000 are outstanding it blocks in `amqp_simple_wait_frame` | `amqp_consume_message` in a loop (envelope destroyed, buffers released after each), `amqp_basic_ack(multiple)` every 100 | one channel per queue on the one connection, every basic.consume sent with `nowait` (`amqp_send_method`; waiting for each consume-ok, as `amqp_basic_consume` does, slowed it to about 100 msgs/s), all drained by the same `amqp_consume_message` loop (it returns the next delivery of any channel), acking on the delivery's channel |
 ";
 
 const METHOD: &str = "\
@@ -479,11 +481,11 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
     }
 
     let _ = writeln!(md, "## warren against the best peer\n");
-    let _ = writeln!(md, "Per scenario and size: the best (lowest) client CPU per message and the best throughput among lapin, amqprs and amiquip, and warren's (blocking, async) as a ratio of them. CPU ratio below 1 and rate ratio above 1 favour warren.\n");
-    let _ = writeln!(md, "| scenario | size | best peer CPU µs/msg | warren CPU ratio | warren-async CPU ratio | best peer msgs/s | warren rate ratio | warren-async rate ratio |");
+    let _ = writeln!(md, "Per scenario and size: the best (lowest) client CPU per message and the best throughput among lapin, amqprs and amiquip, and warren's (blocking, async) as a ratio of them; then rabbitmq-c's CPU per message and warren's (blocking) as a ratio of it. CPU ratio below 1 and rate ratio above 1 favour warren.\n");
+    let _ = writeln!(md, "| scenario | size | best peer CPU µs/msg | warren CPU ratio | warren-async CPU ratio | best peer msgs/s | warren rate ratio | warren-async rate ratio | rabbitmq-c CPU µs/msg | warren ÷ rabbitmq-c CPU |");
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for (index, scenario) in Scenario::ALL.iter().enumerate() {
         if !options.scenarios.contains(scenario) {
@@ -508,9 +510,17 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
                 |c: &str| of(c).map_or("-".into(), |m| format!("{:.2}", m.cpu / best_cpu.1.cpu));
             let rate_ratio =
                 |c: &str| of(c).map_or("-".into(), |m| format!("{:.2}", m.rate / best_rate.1.rate));
+            let c_client = of("rabbitmq-c");
+            let c_cpu = c_client
+                .as_ref()
+                .map_or("-".into(), |m| format!("{:.2}", m.cpu));
+            let against_c = match (of("warren"), &c_client) {
+                (Some(w), Some(c)) => format!("{:.2}", w.cpu / c.cpu),
+                _ => "-".into(),
+            };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} ({}) | {} | {} | {:.0} ({}) | {} | {} |",
+                "| {} | {} | {:.2} ({}) | {} | {} | {:.0} ({}) | {} | {} | {} | {} |",
                 scenario.name(),
                 size_label(size),
                 best_cpu.1.cpu,
@@ -521,6 +531,8 @@ pub fn write(options: &Options, machine: &Machine, samples: &[Sample], elapsed: 
                 best_rate.0,
                 rate_ratio("warren"),
                 rate_ratio("warren-async"),
+                c_cpu,
+                against_c,
             );
         }
     }
@@ -688,11 +700,11 @@ pub fn write_memory(
     let _ = writeln!(md, "{}\n", machine.clients_line());
     let _ = writeln!(
         md,
-        "| client | size | run | msgs/s | CPU µs/msg | RSS at 100k MiB | RSS at 1 M MiB | RSS at the last mark MiB | peak RSS MiB | peak over RSS at 100k | flat |"
+        "| client | size | run | msgs/s | CPU µs/msg | RSS at 100k MiB | RSS at 1 M MiB | RSS at the last mark MiB | peak RSS MiB | peak over RSS at 100k | flat | anonymous at 100k MiB | anonymous, highest reading MiB |"
     );
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"
     );
     let mut ordered: Vec<&Sample> = samples.iter().collect();
     ordered.sort_by_key(|s| {
@@ -704,7 +716,7 @@ pub fn write_memory(
         if let Some(error) = &s.error {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | failed: {} | | | | | | | |",
+                "| {} | {} | {} | failed: {} | | | | | | | | | |",
                 s.client,
                 size_label(s.size),
                 s.run + 1,
@@ -713,10 +725,12 @@ pub fn write_memory(
             continue;
         }
         let baseline = at(s, crate::MEMORY_FIRST_MARK);
+        let anon_first = s.rss_kb_at.first().map(|r| r.2);
+        let anon_most = s.rss_kb_at.iter().map(|r| r.2).max();
         let growth = baseline.map(|b| s.peak_rss_kb as f64 / b as f64 - 1.0);
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {} | {} | {} | {} |",
             s.client,
             size_label(s.size),
             s.run + 1,
@@ -733,16 +747,26 @@ pub fn write_memory(
                 Some(g) if g <= FLAT_WITHIN => "yes",
                 Some(_) => "no",
                 None => "-",
-            }
+            },
+            anon_first.map_or("-".into(), |kb| format!("{:.1}", mib(kb))),
+            anon_most.map_or("-".into(), |kb| format!("{:.1}", mib(kb))),
         );
     }
     let _ = writeln!(md, "\n## RSS at each mark\n");
-    let _ = writeln!(md, "MiB, by messages received.\n");
+    let _ = writeln!(
+        md,
+        "RSS in MiB by messages received, its anonymous part (`RssAnon`: heap, stacks, \
+         buffers; the rest is the program's and libraries' pages) in brackets. The worker \
+         binary holds every client, so its file-backed part is larger than one client's \
+         own program would be.\n"
+    );
     for s in ordered.iter().filter(|s| s.error.is_none()) {
         let readings: Vec<String> = s
             .rss_kb_at
             .iter()
-            .map(|(received, kb)| format!("{}k: {:.1}", received / 1000, mib(*kb)))
+            .map(|(received, rss, anon)| {
+                format!("{}k: {:.1} ({:.1})", received / 1000, mib(*rss), mib(*anon))
+            })
             .collect();
         let _ = writeln!(
             md,
@@ -757,12 +781,12 @@ pub fn write_memory(
     std::fs::write(options.out.join("MEMORY.md"), md)?;
 
     let mut csv = String::from(
-        "client,size_bytes,run,messages,wall_s,msgs_per_s,cpu_us_per_msg,peak_rss_kib,received_at_reading,rss_kib_at_reading,error\n",
+        "client,size_bytes,run,messages,wall_s,msgs_per_s,cpu_us_per_msg,peak_rss_kib,received_at_reading,rss_kib_at_reading,anon_kib_at_reading,error\n",
     );
     for s in &ordered {
         let head = format!("{},{},{},{}", s.client, s.size, s.run + 1, s.messages);
         if let Some(error) = &s.error {
-            let _ = writeln!(csv, "{head},,,,,,,\"{}\"", error.replace('"', "'"));
+            let _ = writeln!(csv, "{head},,,,,,,,\"{}\"", error.replace('"', "'"));
             continue;
         }
         let totals = format!(
@@ -772,8 +796,8 @@ pub fn write_memory(
             s.cpu_per_message(),
             s.peak_rss_kb
         );
-        for (received, kb) in &s.rss_kb_at {
-            let _ = writeln!(csv, "{head},{totals},{received},{kb},");
+        for (received, rss, anon) in &s.rss_kb_at {
+            let _ = writeln!(csv, "{head},{totals},{received},{rss},{anon},");
         }
     }
     std::fs::write(options.out.join("memory.csv"), csv)?;

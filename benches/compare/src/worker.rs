@@ -244,7 +244,7 @@ impl Signal {
             let readings = memory.stop();
             let readings: Vec<String> = readings
                 .iter()
-                .map(|(received, kb)| format!("{received}:{kb}"))
+                .map(|(received, rss, anon)| format!("{received}:{rss}:{anon}"))
                 .collect();
             let _ = write!(result, " rss_kb_at={}", readings.join(","));
         }
@@ -258,7 +258,7 @@ impl Signal {
 /// every millisecond.
 struct MemoryWatch {
     stop: mpsc::Sender<()>,
-    thread: JoinHandle<Vec<(u64, u64)>>,
+    thread: JoinHandle<Vec<(u64, u64, u64)>>,
 }
 
 impl MemoryWatch {
@@ -270,8 +270,10 @@ impl MemoryWatch {
             loop {
                 let received: u64 = counts.iter().map(|c| c.load(Ordering::Relaxed)).sum();
                 if received >= mark {
-                    if let Some(kb) = vm_status_kb("VmRSS:") {
-                        readings.push((received, kb));
+                    if let (Some(rss), Some(anon)) =
+                        (vm_status_kb("VmRSS:"), vm_status_kb("RssAnon:"))
+                    {
+                        readings.push((received, rss, anon));
                     }
                     mark = next_memory_mark(received);
                 }
@@ -285,8 +287,10 @@ impl MemoryWatch {
         MemoryWatch { stop, thread }
     }
 
-    /// Stops watching; the readings as (messages received, RSS in KiB).
-    fn stop(self) -> Vec<(u64, u64)> {
+    /// Stops watching; the readings as (messages received, RSS in KiB,
+    /// its anonymous part in KiB: heap, stacks, buffers, without the
+    /// program's and libraries' mapped files).
+    fn stop(self) -> Vec<(u64, u64, u64)> {
         let _ = self.stop.send(());
         self.thread.join().unwrap_or_default()
     }

@@ -6,6 +6,7 @@
 mod amiquip_client;
 mod amqprs_client;
 mod lapin_client;
+pub mod rabbitmq_c;
 mod warren_async;
 mod warren_blocking;
 
@@ -20,6 +21,7 @@ pub fn run(client: &str, job: &Job, signal: &mut Signal) -> Res {
         "lapin" => current_thread()?.block_on(lapin_client::run(job, signal)),
         "amqprs" => current_thread()?.block_on(amqprs_client::run(job, signal)),
         "amiquip" => amiquip_client::run(job, signal),
+        "rabbitmq-c" => rabbitmq_c::run(job, signal),
         other => Err(format!("unknown client {other:?}").into()),
     }
 }
