@@ -31,6 +31,15 @@ const POLLING: u8 = 1;
 /// [`Shared::polling`]: a thread waits in a poll that ends within a
 /// millisecond (a fast stream's fallback read).
 const POLLING_BRIEFLY: u8 = 2;
+/// [`Shared::polling`]: a thread waits in a poll that ends within
+/// [`GATHER_WAIT`](super::GATHER_WAIT), gathering a fast publisher's
+/// publishes: a publish wakes it only once [`GATHER_BYTES`] wait.
+const POLLING_GATHERING: u8 = 3;
+
+/// While the driver gathers publishes, the publish that brings the queued
+/// bytes to this many wakes it: a fast stream of large bodies is written
+/// as it comes, a stream of small ones once a millisecond.
+const GATHER_BYTES: usize = 32 << 10;
 
 /// What a queued publish costs beyond its body: its method and header
 /// frames and its place in the queue, so tiny bodies are counted fairly.
@@ -489,10 +498,12 @@ impl Shared {
         if let Some(e) = &*lock(&self.closed) {
             return Err(e.clone());
         }
-        if let Command::Publish { body, .. } = &command {
-            self.queued_bytes
-                .fetch_add(body.len() + PUBLISH_OVERHEAD, Ordering::Relaxed);
-        }
+        let publish_cost = match &command {
+            Command::Publish { body, .. } => Some(body.len() + PUBLISH_OVERHEAD),
+            _ => None,
+        };
+        let queued_before =
+            publish_cost.map(|cost| self.queued_bytes.fetch_add(cost, Ordering::Relaxed));
         // A close always wakes the reactor: while it recovers it leaves
         // other commands queued, and only looks for a close when woken.
         let close = matches!(command, Command::Close { .. });
@@ -501,10 +512,15 @@ impl Shared {
         // sends them itself (see `Shared::send_acks_here`).
         let urgent = matches!(command, Command::Send { .. });
         let polling = self.polling.load(Ordering::Relaxed);
+        let brief = polling == POLLING_BRIEFLY || polling == POLLING_GATHERING;
         // A brief poll (a fast stream's, whose fallback read comes within a
         // millisecond) is not cut short for an ack: the turn after it sends
-        // the ack with the next batch's, and the wake-up is saved.
-        let unannounced = urgent && polling == POLLING_BRIEFLY;
+        // the ack with the next batch's, and the wake-up is saved. Nor is a
+        // poll gathering a fast publisher's publishes, until they fill
+        // GATHER_BYTES.
+        let gathered = polling == POLLING_GATHERING
+            && matches!((queued_before, publish_cost), (Some(before), Some(cost)) if before + cost < GATHER_BYTES);
+        let unannounced = (urgent && brief) || gathered;
         let first = commands.is_empty()
             || (!unannounced && self.acks_unannounced.swap(false, Ordering::Relaxed));
         if unannounced && first {
@@ -612,11 +628,25 @@ impl Shared {
     /// Returns whether commands wait already (then it should not wait).
     /// `briefly`: the poll ends within [`FALLBACK`](super::coalesce::FALLBACK)
     /// for a fast stream's fallback read, so acks need not cut it short.
-    pub(crate) fn prepare_poll(&self, briefly: bool) -> bool {
+    /// `gathering`: it ends within [`GATHER_WAIT`](super::GATHER_WAIT), and
+    /// publishes need not cut it short either (until [`GATHER_BYTES`]);
+    /// publishes queued already, alone, do not make it skip the wait.
+    pub(crate) fn prepare_poll(&self, briefly: bool, gathering: bool) -> bool {
         let commands = lock(&self.commands);
-        let state = if briefly { POLLING_BRIEFLY } else { POLLING };
+        let state = match (gathering, briefly) {
+            (true, _) => POLLING_GATHERING,
+            (false, true) => POLLING_BRIEFLY,
+            (false, false) => POLLING,
+        };
         self.polling.store(state, Ordering::Relaxed);
-        !commands.is_empty()
+        // Publishes alone, short of GATHER_BYTES, can wait for the end of
+        // a gathering poll.
+        let gathered = gathering
+            && self.queued_bytes.load(Ordering::Relaxed) < GATHER_BYTES
+            && commands
+                .iter()
+                .all(|c| matches!(c, Command::Publish { .. }));
+        !commands.is_empty() && !gathered
     }
 
     /// The driver's poll returned: it looks for commands before the next.
@@ -807,5 +837,93 @@ impl<T> Future for Call<T> {
             (Ok((_, parser)), Some(reply)) => Poll::Ready(Self::finish(parser, reply)),
             (Ok(_), None) => unreachable!("a pending call has a result"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    type Cmd = Command<Arc<Completion>, Arc<ConsumerQueue>>;
+
+    const CHANNEL: ChannelRef = ChannelRef { id: 1, serial: 1 };
+
+    fn publish(body_len: usize) -> Cmd {
+        Command::Publish {
+            channel: CHANNEL,
+            method: Default::default(),
+            properties: Default::default(),
+            body: bytes::Bytes::from(vec![0u8; body_len]),
+            confirm: None,
+        }
+    }
+
+    fn wait_for_confirms() -> Cmd {
+        Command::WaitForConfirms {
+            channel: CHANNEL,
+            reply: Completion::new(),
+        }
+    }
+
+    /// Whether the waker fired since the last look.
+    fn woken(poll: &mut mio::Poll) -> bool {
+        let mut events = mio::Events::with_capacity(4);
+        poll.poll(&mut events, Some(Duration::ZERO)).unwrap();
+        events.iter().any(|e| e.token() == super::super::WAKER)
+    }
+
+    #[test]
+    fn outside_a_gathering_poll_the_first_publish_wakes_it() {
+        let mut poll = mio::Poll::new().unwrap();
+        let shared = Shared::new(&poll).unwrap();
+        assert!(!shared.prepare_poll(false, false));
+        shared.submit(publish(16)).unwrap();
+        assert!(woken(&mut poll));
+    }
+
+    #[test]
+    fn a_gathering_poll_is_woken_by_publishes_only_once_they_fill_gather_bytes() {
+        let mut poll = mio::Poll::new().unwrap();
+        let shared = Shared::new(&poll).unwrap();
+        assert!(!shared.prepare_poll(false, true));
+        let body = 1000;
+        let short_of_it = (GATHER_BYTES - 1) / (body + PUBLISH_OVERHEAD);
+        for _ in 0..short_of_it {
+            shared.submit(publish(body)).unwrap();
+        }
+        assert!(!woken(&mut poll), "woken before GATHER_BYTES");
+        shared.submit(publish(body)).unwrap();
+        assert!(woken(&mut poll), "not woken at GATHER_BYTES");
+    }
+
+    #[test]
+    fn a_command_other_than_a_publish_wakes_a_gathering_poll_at_once() {
+        let mut poll = mio::Poll::new().unwrap();
+        let shared = Shared::new(&poll).unwrap();
+        assert!(!shared.prepare_poll(false, true));
+        shared.submit(publish(16)).unwrap();
+        assert!(!woken(&mut poll));
+        shared.submit(wait_for_confirms()).unwrap();
+        assert!(woken(&mut poll));
+    }
+
+    #[test]
+    fn only_publishes_short_of_gather_bytes_may_wait_for_a_gathering_poll() {
+        let poll = mio::Poll::new().unwrap();
+        let shared = Shared::new(&poll).unwrap();
+        // Queued while nobody polled.
+        shared.submit(publish(16)).unwrap();
+        assert!(!shared.prepare_poll(false, true), "a gathering poll waits");
+        shared.done_polling();
+        assert!(shared.prepare_poll(false, false), "any other poll does not");
+        shared.done_polling();
+        shared.submit(wait_for_confirms()).unwrap();
+        assert!(shared.prepare_poll(false, true), "not with another command");
+        shared.done_polling();
+        let mut taken = Vec::new();
+        shared.take_commands(&mut taken);
+        shared.submit(publish(GATHER_BYTES)).unwrap();
+        assert!(shared.prepare_poll(false, true), "not past GATHER_BYTES");
     }
 }

@@ -64,6 +64,16 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// The smallest window offered to a read.
 const MIN_READ_WINDOW: usize = 8 * 1024;
 
+/// A turn that takes this many publishes at once shows a publisher faster
+/// than the wake-ups that serve it: the next poll gathers publishes.
+const STREAMING_PUBLISHES: usize = 8;
+
+/// How long a poll gathers a fast publisher's publishes before writing them
+/// (the poll's timeout resolution is a millisecond). A publisher that slows
+/// below [`STREAMING_PUBLISHES`] a millisecond is woken for each publish
+/// again after at most this long.
+pub(crate) const GATHER_WAIT: Duration = Duration::from_millis(1);
+
 type Cmd = Command<Arc<Completion>, Arc<ConsumerQueue>>;
 
 /// A connection being opened: its reactor thread connects and runs the
@@ -215,6 +225,9 @@ struct Reactor {
     /// Wakers of the results a dispatch completed, woken at its end.
     wake_later: Vec<std::task::Waker>,
     writable_interest: bool,
+    /// The last turn took at least [`STREAMING_PUBLISHES`] publishes: the
+    /// next poll gathers publishes for up to [`GATHER_WAIT`].
+    publishes_streaming: bool,
     /// From a loss until the replay is done: application commands wait.
     recovering: bool,
     /// Reconnection attempts made in the current recovery.
@@ -257,6 +270,7 @@ impl Reactor {
             wakeup_timer,
             wake_later: Vec::new(),
             writable_interest: false,
+            publishes_streaming: false,
             recovering: false,
             recovery_attempt: 0,
             final_error: None,
@@ -321,7 +335,14 @@ impl Reactor {
         // inside `Shared::send_acks_here`'s spacing, or anything queued
         // while the driver was busy): take them now.
         let briefly = self.coalescing.max_wait(started).is_some();
-        let queued = self.shared.prepare_poll(briefly);
+        // A fast publisher's publishes are gathered for at most
+        // GATHER_WAIT, so one wake-up and one write carry many (see
+        // `Shared::submit`).
+        let gathering = self.publishes_streaming && !self.recovering && !self.session.is_closed();
+        if gathering {
+            timeout = Some(timeout.map_or(GATHER_WAIT, |t| t.min(GATHER_WAIT)));
+        }
+        let queued = self.shared.prepare_poll(briefly, gathering);
         if queued && !self.recovering && !self.session.is_closed() {
             timeout = Some(Duration::ZERO);
         }
@@ -399,6 +420,12 @@ impl Reactor {
     /// Takes every queued command into the session.
     fn handle_commands(&mut self, now: Instant) {
         self.shared.take_commands(&mut self.commands);
+        let publishes = self
+            .commands
+            .iter()
+            .filter(|c| matches!(c, Command::Publish { .. }))
+            .count();
+        self.publishes_streaming = publishes >= STREAMING_PUBLISHES;
         coalesce_acks(&mut self.commands);
         for command in self.commands.drain(..) {
             self.session.handle_command(command, now);
