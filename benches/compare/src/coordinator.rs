@@ -4,7 +4,9 @@
 //!
 //! Order: for each scenario, for each size, for each run, every client once
 //! (round-robin; the starting client rotates from run to run, so no client
-//! always goes first after a queue fill).
+//! always goes first after a queue fill). When both run, each consume
+//! measurement comes right after the same client's publish-confirm one and
+//! consumes the queue it filled, which saves the fill.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -170,18 +172,43 @@ pub fn run(options: &Options) -> Res {
         sample.error.as_deref().unwrap_or("done (discarded)")
     );
     let mut samples = Vec::new();
+    // Each consume measurement takes the queue the publish-confirm
+    // measurement before it filled (same client, size and run), when both
+    // run: that saves a fill per consume measurement, a fifth of the run.
+    let paired = options.scenarios.contains(&Scenario::PublishConfirm)
+        && options.scenarios.contains(&Scenario::Consume);
+    let mut record = |sample: Sample| {
+        match &sample.error {
+            None => println!("{}", sample.line()),
+            Some(e) => println!("{}  FAILED: {e}", sample.label()),
+        }
+        samples.push(sample);
+    };
     for &scenario in &options.scenarios {
+        if paired && scenario == Scenario::Consume {
+            continue;
+        }
         for &size in &options.sizes {
             for run in 0..options.runs {
                 let n = options.clients.len();
                 for k in 0..n {
                     let client = &options.clients[(k + run) % n];
-                    let sample = harness.measure(options, client, scenario, size, run);
-                    match &sample.error {
-                        None => println!("{}", sample.line()),
-                        Some(e) => println!("{}  FAILED: {e}", sample.label()),
+                    if paired && scenario == Scenario::PublishConfirm {
+                        let (sample, filled) =
+                            harness.measure_from(options, client, scenario, size, run, None);
+                        record(sample);
+                        let (sample, _) = harness.measure_from(
+                            options,
+                            client,
+                            Scenario::Consume,
+                            size,
+                            run,
+                            filled,
+                        );
+                        record(sample);
+                    } else {
+                        record(harness.measure(options, client, scenario, size, run));
                     }
-                    samples.push(sample);
                 }
             }
         }
@@ -236,19 +263,41 @@ impl Harness {
         size: usize,
         run: usize,
     ) -> Sample {
+        self.measure_from(options, client, scenario, size, run, None)
+            .0
+    }
+
+    /// One measurement. A consume measurement given `filled` (a publish
+    /// measurement's queue, holding N messages of this size) takes that
+    /// queue instead of declaring and filling one. Returns the sample and,
+    /// when it succeeded, its queues (deleted when dropped).
+    fn measure_from<'h>(
+        &'h self,
+        options: &Options,
+        client: &str,
+        scenario: Scenario,
+        size: usize,
+        run: usize,
+        filled: Option<Queues<'h>>,
+    ) -> (Sample, Option<Queues<'h>>) {
         let queue_count = match scenario {
             Scenario::ManyQueues => options.queues,
             _ => 1,
         };
         let per_queue = options.messages / queue_count as u64;
-        let prefix = format!(
-            "{}-{}-{}-{}-{}",
-            self.prefix,
-            scenario.name(),
-            size,
-            run,
-            client
-        );
+        // A filled queue is taken only by the one-queue consume scenario.
+        let filled = filled.filter(|q| scenario == Scenario::Consume && q.names.len() == 1);
+        let prefix = match &filled {
+            Some(queues) => queues.names[0].clone(),
+            None => format!(
+                "{}-{}-{}-{}-{}",
+                self.prefix,
+                scenario.name(),
+                size,
+                run,
+                client
+            ),
+        };
         let job = Job {
             scenario,
             size,
@@ -257,12 +306,21 @@ impl Harness {
             uri: options.uri.clone(),
         };
         let mut sample = Sample::new(client, scenario, size, run, job.messages);
-        let queues = Queues {
-            channel: &self.channel,
-            names: job.queues.clone(),
-        };
         let t0 = Instant::now();
-        let declared = queues.declare(&job);
+        let (queues, declared) = match filled {
+            Some(queues) => {
+                let holds = queues.check_holds(job.prefill());
+                (queues, holds)
+            }
+            None => {
+                let queues = Queues {
+                    channel: &self.channel,
+                    names: job.queues.clone(),
+                };
+                let declared = queues.declare(&job);
+                (queues, declared)
+            }
+        };
         self.wait_quiet();
         let t1 = Instant::now();
         let outcome = declared.and_then(|()| self.run_worker(&job, client, &prefix, &mut sample));
@@ -270,7 +328,7 @@ impl Harness {
         if let Err(e) = outcome.and_then(|()| queues.check_after(&job)) {
             sample.error = Some(e.to_string());
         }
-        drop(queues);
+        let kept = sample.error.is_none().then_some(queues);
         eprintln!(
             "phases: prepare {:?} worker {:?} cleanup {:?} (wall {:?})",
             t1 - t0,
@@ -278,7 +336,7 @@ impl Harness {
             t2.elapsed(),
             sample.wall
         );
-        sample
+        (sample, kept)
     }
 
     /// Starts the worker and times it; fills `sample`.
@@ -403,6 +461,58 @@ fn passive() -> QueueDeclareOptions {
     }
 }
 
+/// Connections that fill queues side by side.
+const FILL_CONNECTIONS: usize = 2;
+
+/// How a fill of `per_queue` messages into each of `names` is split over
+/// [`FILL_CONNECTIONS`]: each connection's queues and how many it puts in
+/// each. Several queues are dealt out between the connections; one queue
+/// gets a part of its messages from each.
+fn fill_shares(names: &[String], per_queue: u64) -> Vec<(Vec<&str>, u64)> {
+    if let [name] = names {
+        let part = per_queue.div_ceil(FILL_CONNECTIONS as u64);
+        let mut left = per_queue;
+        return (0..FILL_CONNECTIONS)
+            .map(|_| {
+                let count = left.min(part);
+                left -= count;
+                (vec![name.as_str()], count)
+            })
+            .collect();
+    }
+    (0..FILL_CONNECTIONS)
+        .map(|k| {
+            let share = names.iter().skip(k).step_by(FILL_CONNECTIONS);
+            (share.map(String::as_str).collect::<Vec<_>>(), per_queue)
+        })
+        .filter(|(share, _)| !share.is_empty())
+        .collect()
+}
+
+/// Publishes `count` messages of `body` to each of `names` on a connection
+/// of its own, with confirms; done when every one is confirmed.
+fn fill(uri: &str, names: &[&str], count: u64, body: Bytes) -> Res {
+    let connection = Connection::open(uri)?;
+    let channel = connection.open_channel()?;
+    channel.confirm_select()?;
+    for name in names {
+        for _ in 0..count {
+            channel.basic_publish(
+                "",
+                name,
+                PublishOptions::default(),
+                BasicProperties::default(),
+                body.clone(),
+            )?;
+        }
+    }
+    if !channel.wait_for_confirms()? {
+        return Err("the broker nacked a message while filling".into());
+    }
+    connection.close()?;
+    Ok(())
+}
+
 /// The queues of one measurement; deleted when dropped, whatever happened.
 struct Queues<'a> {
     channel: &'a Channel,
@@ -418,29 +528,38 @@ impl Queues<'_> {
                 .queue_declare(name, QueueDeclareOptions::default(), FieldTable::new())?;
         }
         if job.scenario.consumes() {
+            // The broker takes messages in on more than one core when they
+            // come from several connections (each has its own reader and
+            // channel processes): the fill is split over FILL_CONNECTIONS.
+            let shares = fill_shares(&self.names, job.prefill());
             let body = Bytes::from(job.body());
-            for name in &self.names {
-                for _ in 0..job.prefill() {
-                    self.channel.basic_publish(
-                        "",
-                        name,
-                        PublishOptions::default(),
-                        BasicProperties::default(),
-                        body.clone(),
-                    )?;
+            std::thread::scope(|scope| -> Res {
+                let fillers: Vec<_> = shares
+                    .iter()
+                    .map(|(names, count)| {
+                        let body = body.clone();
+                        scope.spawn(move || fill(&job.uri, names, *count, body))
+                    })
+                    .collect();
+                for filler in fillers {
+                    filler.join().map_err(|_| "a fill thread panicked")??;
                 }
-            }
-            if !self.channel.wait_for_confirms()? {
-                return Err("the broker nacked a message while filling".into());
-            }
-            for name in &self.names {
-                let ready = self
-                    .channel
-                    .queue_declare(name, passive(), FieldTable::new())?
-                    .message_count as u64;
-                if ready != job.prefill() {
-                    return Err(format!("{name} holds {ready} after filling").into());
-                }
+                Ok(())
+            })?;
+            self.check_holds(job.prefill())?;
+        }
+        Ok(())
+    }
+
+    /// Checks that every queue holds `messages`, ready.
+    fn check_holds(&self, messages: u64) -> Res {
+        for name in &self.names {
+            let ready = self
+                .channel
+                .queue_declare(name, passive(), FieldTable::new())?
+                .message_count as u64;
+            if ready != messages {
+                return Err(format!("{name} holds {ready}, expected {messages}").into());
             }
         }
         Ok(())
@@ -623,5 +742,29 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_queue_is_filled_in_parts_that_add_up() {
+        let names = vec!["q".to_string()];
+        let shares = fill_shares(&names, 200_001);
+        assert_eq!(shares.len(), FILL_CONNECTIONS);
+        assert!(shares.iter().all(|(share, _)| share == &["q"]));
+        assert_eq!(shares.iter().map(|(_, n)| n).sum::<u64>(), 200_001);
+    }
+
+    #[test]
+    fn many_queues_are_dealt_out_once_each() {
+        let names: Vec<String> = (0..5).map(|i| format!("q{i}")).collect();
+        let shares = fill_shares(&names, 1000);
+        let mut seen: Vec<&str> = shares.iter().flat_map(|(s, _)| s.clone()).collect();
+        seen.sort();
+        assert_eq!(seen, ["q0", "q1", "q2", "q3", "q4"]);
+        assert!(shares.iter().all(|(_, n)| *n == 1000));
     }
 }
