@@ -34,12 +34,17 @@
 //!
 //! - **Deep confirm pipelines.** A publisher with many confirms outstanding
 //!   (at least [`DEEP_PIPELINE`]) is sent a stream of small acks, far below
-//!   [`MIN_MARK`] a millisecond, and used to wake for each one or two. While
-//!   that many are outstanding, the smallest mark is
-//!   [`DEEP_PIPELINE_MIN_MARK`] instead: the broker has the rest of the
-//!   window to confirm, so acks keep coming, and a wake-up takes several. As
-//!   the pipeline drains below that depth, a mark under [`MIN_MARK`] goes at
-//!   the next read, so its last confirms are not held back.
+//!   [`MIN_MARK`] a millisecond, and used to wake for each one or two. The
+//!   broker has the rest of the window to confirm, so acks keep coming: while
+//!   that many are outstanding and acks come less than a [`FALLBACK`] apart,
+//!   the mark is [`DEEP_PIPELINE_MARK`], more than they bring in a fallback
+//!   wait, so they are read on the fallback's beat, once a millisecond,
+//!   however the broker spreads them. A fallback read that finds nothing
+//!   drops the mark as in any pause, and acks further apart than the beat
+//!   (a slow broker) never set it. As the pipeline drains below that depth,
+//!   the mark goes at the next read, so its last confirms are not held back.
+//!   Deliveries to a consumer on the same connection come on that beat too
+//!   (at most a millisecond late), the hold-off aside.
 //!
 //! The cost is latency while streaming: a message waits for the mark to
 //! fill, half a millisecond to a millisecond, and the last bytes of a burst
@@ -69,12 +74,13 @@ const MIN_MARK: usize = 4 * 1024;
 /// (see the module docs).
 pub(super) const DEEP_PIPELINE: usize = 256;
 
-/// The smallest mark while [`DEEP_PIPELINE`] confirms are outstanding: six
-/// basic.ack frames.
-const DEEP_PIPELINE_MIN_MARK: usize = 128;
-
 /// The largest mark (wakes at most this far apart in bytes).
 const MAX_MARK: usize = 64 * 1024;
+
+/// The mark while a deep confirm pipeline is outstanding and acks flow:
+/// more than its acks bring in a fallback wait, so they are read on the
+/// fallback's beat.
+const DEEP_PIPELINE_MARK: usize = MAX_MARK;
 
 /// Significant bits a mark keeps of a millisecond's bytes: three, so a mark
 /// is at least four fifths of them.
@@ -106,9 +112,9 @@ pub(super) struct ReceiveCoalescing {
     /// The mark the measured rate calls for, in force unless paused or held
     /// off.
     rate_mark: usize,
-    /// The smallest rate mark: [`MIN_MARK`], or [`DEEP_PIPELINE_MIN_MARK`]
-    /// while a deep confirm pipeline is outstanding.
-    min_mark: usize,
+    /// A deep confirm pipeline is outstanding: its acks are read on the
+    /// fallback's beat (see the module docs).
+    deep: bool,
     /// Bytes, and time with bytes flowing, in the current period.
     period_bytes: usize,
     period_flowing: Duration,
@@ -129,7 +135,7 @@ impl ReceiveCoalescing {
             enabled,
             mark: NO_MARK,
             rate_mark: NO_MARK,
-            min_mark: MIN_MARK,
+            deep: false,
             period_bytes: 0,
             period_flowing: Duration::ZERO,
             stalls_in_a_row: 0,
@@ -153,17 +159,10 @@ impl ReceiveCoalescing {
     }
 
     /// Whether [`DEEP_PIPELINE`] confirms are outstanding, before a read is
-    /// recorded: lowers the smallest mark while they are, and drops a mark
-    /// only they allowed once they are not.
+    /// recorded: while they are, acks are read on the fallback's beat (see
+    /// the module docs).
     pub(super) fn confirms_outstanding(&mut self, deep: bool) {
-        self.min_mark = if deep {
-            DEEP_PIPELINE_MIN_MARK
-        } else {
-            MIN_MARK
-        };
-        if self.rate_mark < self.min_mark {
-            self.rate_mark = NO_MARK;
-        }
+        self.deep = deep;
     }
 
     /// How long the next wait may last at most: while a mark is set, until
@@ -202,7 +201,7 @@ impl ReceiveCoalescing {
             self.rate_mark = NO_MARK;
             self.start_period();
         }
-        if self.mark > NO_MARK {
+        if self.mark > NO_MARK && !self.deep {
             if fallback {
                 self.stall(bytes, since_last, now);
             } else {
@@ -216,6 +215,12 @@ impl ReceiveCoalescing {
         if self.period_flowing >= RATE_PERIOD {
             self.end_period();
         }
+        if self.deep {
+            // Acks closer together than the beat are read on it; a mark
+            // set stays until a pause (an empty fallback read) drops it.
+            let flowing = since_last < FALLBACK || self.mark == DEEP_PIPELINE_MARK;
+            return self.set(if flowing { DEEP_PIPELINE_MARK } else { NO_MARK });
+        }
         let held = self.held_until.is_some_and(|until| now < until);
         self.set(if held { NO_MARK } else { self.rate_mark })
     }
@@ -224,10 +229,7 @@ impl ReceiveCoalescing {
     /// the mark: lowers the mark to what they show, and holds marks off
     /// after [`STARVED_STALLS`] in a row.
     fn stall(&mut self, bytes: usize, waited: Duration, now: Instant) {
-        let fit = mark_for(
-            bytes as u128 * 1000 / waited.as_micros().max(1),
-            self.min_mark,
-        );
+        let fit = mark_for(bytes as u128 * 1000 / waited.as_micros().max(1));
         if fit > NO_MARK && fit < self.rate_mark {
             self.rate_mark = fit;
         }
@@ -250,8 +252,8 @@ impl ReceiveCoalescing {
     /// Sets the rate's mark from the period.
     fn end_period(&mut self) {
         let per_ms = self.period_bytes as u128 * 1000 / self.period_flowing.as_micros().max(1);
-        if !still_fits(self.rate_mark, per_ms, self.min_mark) {
-            self.rate_mark = mark_for(per_ms, self.min_mark);
+        if !still_fits(self.rate_mark, per_ms) {
+            self.rate_mark = mark_for(per_ms);
         }
         self.start_period();
     }
@@ -272,10 +274,10 @@ impl ReceiveCoalescing {
 /// The mark for an arrival rate of `per_ms` bytes per millisecond: a
 /// millisecond of it rounded down to [`MARK_BITS`] significant bits (so the
 /// mark fills within the fallback wait, and takes at least 0.8 ms of it),
-/// within `min_mark..=`[`MAX_MARK`], or [`NO_MARK`].
-fn mark_for(per_ms: u128, min_mark: usize) -> usize {
+/// within [`MIN_MARK`]`..=`[`MAX_MARK`], or [`NO_MARK`].
+fn mark_for(per_ms: u128) -> usize {
     let per_ms = usize::try_from(per_ms).unwrap_or(usize::MAX);
-    if per_ms < min_mark {
+    if per_ms < MIN_MARK {
         return NO_MARK;
     }
     let dropped_bits = per_ms.ilog2().saturating_sub(MARK_BITS - 1);
@@ -285,10 +287,11 @@ fn mark_for(per_ms: u128, min_mark: usize) -> usize {
 /// Whether `mark` still suits a rate of `per_ms` bytes per millisecond: it
 /// fills within a millisecond but takes at least three quarters of one (or
 /// it is [`MAX_MARK`] and the rate is higher still), and it is no smaller
-/// than `min_mark`. Keeping it spares a system call per small change of rate.
-fn still_fits(mark: usize, per_ms: u128, min_mark: usize) -> bool {
+/// than [`MIN_MARK`]. Keeping it spares a system call per small change of
+/// rate.
+fn still_fits(mark: usize, per_ms: u128) -> bool {
     let mark_wide = mark as u128;
-    mark >= min_mark && mark_wide <= per_ms && (mark == MAX_MARK || mark_wide * 4 >= per_ms * 3)
+    mark >= MIN_MARK && mark_wide <= per_ms && (mark == MAX_MARK || mark_wide * 4 >= per_ms * 3)
 }
 
 #[cfg(test)]
@@ -484,14 +487,30 @@ mod tests {
     }
 
     #[test]
-    fn a_deep_confirm_pipeline_coalesces_its_acks_until_it_drains() {
+    fn a_deep_confirm_pipeline_reads_its_acks_on_the_fallback_beat_until_it_drains() {
         // About 300 bytes a millisecond: acks of a publisher with confirms.
         let t0 = Instant::now();
         let mut policy = ReceiveCoalescing::new(true, t0);
         policy.confirms_outstanding(true);
-        let (now, marks) = stream(&mut policy, t0, 100 * US, 30, 10 * MS);
-        assert_eq!(marks, vec![256]);
+        let (mut now, marks) = stream(&mut policy, t0, 100 * US, 30, 10 * MS);
+        assert_eq!(marks, vec![DEEP_PIPELINE_MARK]);
         assert!(policy.max_wait(now).is_some());
+        // Fallback reads that find acks under the mark are the beat, not
+        // stalls: the mark stays, however many come in a row.
+        for _ in 0..4 * STARVED_STALLS {
+            now += FALLBACK;
+            assert!(policy.read_due(now));
+            assert_eq!(policy.after_read(300, true, now), None);
+        }
+        assert_eq!(policy.mark(), DEEP_PIPELINE_MARK);
+        // A fallback read that finds nothing is a pause: the mark goes, and
+        // comes back with acks less than a beat apart.
+        now += FALLBACK;
+        assert_eq!(policy.after_read(0, true, now), Some(NO_MARK));
+        now += 5 * MS;
+        assert_eq!(policy.after_read(21, false, now), None);
+        now += 200 * US;
+        assert_eq!(policy.after_read(21, false, now), Some(DEEP_PIPELINE_MARK));
         // Fewer than `DEEP_PIPELINE` outstanding: the next read drops it.
         policy.confirms_outstanding(false);
         assert_eq!(policy.after_read(30, false, now + 100 * US), Some(NO_MARK));
@@ -499,6 +518,16 @@ mod tests {
         let mut shallow = ReceiveCoalescing::new(true, t0);
         let (_, marks) = stream(&mut shallow, t0, 100 * US, 30, 10 * MS);
         assert!(marks.is_empty());
+    }
+
+    #[test]
+    fn acks_further_apart_than_the_beat_never_get_a_mark() {
+        // A slow broker: one ack every 3 ms with a deep pipeline.
+        let t0 = Instant::now();
+        let mut policy = ReceiveCoalescing::new(true, t0);
+        policy.confirms_outstanding(true);
+        let (_, marks) = stream(&mut policy, t0, 3 * MS, 21, 100 * MS);
+        assert!(marks.is_empty(), "{marks:?}");
     }
 
     #[test]
@@ -519,22 +548,20 @@ mod tests {
 
     #[test]
     fn marks_keep_three_significant_bits_within_bounds() {
-        assert_eq!(mark_for(0, MIN_MARK), NO_MARK);
-        assert_eq!(mark_for(4095, MIN_MARK), NO_MARK);
-        assert_eq!(mark_for(4096, MIN_MARK), 4096);
-        assert_eq!(mark_for(7680, MIN_MARK), 7168);
-        assert_eq!(mark_for(12_000, MIN_MARK), 10_240);
-        assert_eq!(mark_for(16_384, MIN_MARK), 16_384);
+        assert_eq!(mark_for(0), NO_MARK);
+        assert_eq!(mark_for(4095), NO_MARK);
+        assert_eq!(mark_for(4096), 4096);
+        assert_eq!(mark_for(7680), 7168);
+        assert_eq!(mark_for(12_000), 10_240);
+        assert_eq!(mark_for(16_384), 16_384);
         for per_ms in (4096..200_000).step_by(97) {
-            let mark = mark_for(per_ms, MIN_MARK) as u128;
+            let mark = mark_for(per_ms) as u128;
             assert!(
                 mark <= per_ms && (mark * 5 >= per_ms * 4 || mark == 65_536),
                 "{per_ms}"
             );
         }
-        assert_eq!(mark_for(100_000, MIN_MARK), MAX_MARK);
-        assert_eq!(mark_for(u128::MAX, MIN_MARK), MAX_MARK);
-        assert_eq!(mark_for(127, DEEP_PIPELINE_MIN_MARK), NO_MARK);
-        assert_eq!(mark_for(300, DEEP_PIPELINE_MIN_MARK), 256);
+        assert_eq!(mark_for(100_000), MAX_MARK);
+        assert_eq!(mark_for(u128::MAX), MAX_MARK);
     }
 }
