@@ -321,6 +321,7 @@ impl Harness {
                 (queues, declared)
             }
         };
+        let filled_at = Instant::now();
         self.wait_quiet();
         let t1 = Instant::now();
         let outcome = declared.and_then(|()| self.run_worker(&job, client, &prefix, &mut sample));
@@ -330,8 +331,9 @@ impl Harness {
         }
         let kept = sample.error.is_none().then_some(queues);
         eprintln!(
-            "phases: prepare {:?} worker {:?} cleanup {:?} (wall {:?})",
+            "phases: prepare {:?} (quiet wait {:?}) worker {:?} cleanup {:?} (wall {:?})",
             t1 - t0,
+            t1 - filled_at,
             t2 - t1,
             t2.elapsed(),
             sample.wall
