@@ -654,23 +654,24 @@ impl Shared {
         self.polling.store(NOT_POLLING, Ordering::Relaxed);
     }
 
-    /// Takes every queued command (reactor side).
+    /// Takes every queued command (reactor side); how many are publishes.
     pub(crate) fn take_commands(
         &self,
         into: &mut Vec<Command<Arc<Completion>, Arc<ConsumerQueue>>>,
-    ) {
+    ) -> usize {
         let mut commands = lock(&self.commands);
         std::mem::swap(&mut *commands, into);
         self.acks_unannounced.store(false, Ordering::Relaxed);
         drop(commands);
-        let queued: usize = into
-            .iter()
-            .map(|c| match c {
-                Command::Publish { body, .. } => body.len() + PUBLISH_OVERHEAD,
-                _ => 0,
-            })
-            .sum();
+        let (mut publishes, mut queued) = (0, 0);
+        for command in into.iter() {
+            if let Command::Publish { body, .. } = command {
+                publishes += 1;
+                queued += body.len() + PUBLISH_OVERHEAD;
+            }
+        }
         self.queued_bytes.fetch_sub(queued, Ordering::Relaxed);
+        publishes
     }
 
     fn has_room(&self) -> bool {

@@ -419,12 +419,7 @@ impl Reactor {
 
     /// Takes every queued command into the session.
     fn handle_commands(&mut self, now: Instant) {
-        self.shared.take_commands(&mut self.commands);
-        let publishes = self
-            .commands
-            .iter()
-            .filter(|c| matches!(c, Command::Publish { .. }))
-            .count();
+        let publishes = self.shared.take_commands(&mut self.commands);
         self.publishes_streaming = publishes >= STREAMING_PUBLISHES;
         coalesce_acks(&mut self.commands);
         for command in self.commands.drain(..) {
