@@ -24,13 +24,15 @@
 //!   rate is measured afresh).
 //! - **Stalls.** A fallback read that finds bytes is a *stall*: they waited
 //!   under the mark. If they show a slower stream than the mark was set
-//!   for, the mark comes down to fit it. Brokers pause mid-stream, so a
-//!   stall alone changes nothing more; but [`STARVED_STALLS`] with no read
-//!   in between that the kernel woke us for at a mark mean the bytes always
-//!   stop short of it (a consumer whose prefetch window is smaller than the mark:
-//!   the broker waits for acks of what we have not read). The mark then
-//!   goes for a hold-off, which doubles each time this repeats within
-//!   [`CLEAN_SPAN`].
+//!   for, the mark comes down to fit it, and the kernel wakes us at the
+//!   lower mark next time. Brokers pause mid-stream, so a stall alone
+//!   changes nothing more; but [`STARVED_STALLS`] in a row that bring too
+//!   little for any mark ([`MIN_MARK`] a millisecond), with no read in
+//!   between that the kernel woke us for at a mark, mean the bytes always
+//!   stop short of it (a consumer whose prefetch window is smaller than the
+//!   smallest mark: the broker waits for acks of what we have not read).
+//!   The mark then goes for a hold-off, which doubles each time this
+//!   repeats within [`CLEAN_SPAN`].
 //!
 //! - **Deep confirm pipelines.** A publisher with many confirms outstanding
 //!   (at least [`DEEP_PIPELINE`]) is sent a stream of small acks, far below
@@ -227,11 +229,17 @@ impl ReceiveCoalescing {
 
     /// A fallback read found `bytes` that came in `waited` without reaching
     /// the mark: lowers the mark to what they show, and holds marks off
-    /// after [`STARVED_STALLS`] in a row.
+    /// after [`STARVED_STALLS`] in a row that show too little for any mark.
     fn stall(&mut self, bytes: usize, waited: Duration, now: Instant) {
         let fit = mark_for(bytes as u128 * 1000 / waited.as_micros().max(1));
-        if fit > NO_MARK && fit < self.rate_mark {
-            self.rate_mark = fit;
+        if fit > NO_MARK {
+            // A lowered mark fits what this stall shows: the kernel wakes us
+            // at it next time, so a window of this size cannot starve. (A
+            // bursty stream, such as many queues' deliveries on one
+            // connection, stalls like this often.)
+            self.rate_mark = self.rate_mark.min(fit);
+            self.stalls_in_a_row = 0;
+            return;
         }
         self.stalls_in_a_row += 1;
         if self.stalls_in_a_row < STARVED_STALLS {
@@ -411,6 +419,20 @@ mod tests {
         // 6,000 bytes in a millisecond: a 5 KiB mark fits.
         now += FALLBACK;
         assert_eq!(policy.after_read(6000, true, now), Some(5120));
+    }
+
+    #[test]
+    fn stalls_that_carry_a_mark_lower_it_and_never_hold_it_off() {
+        let (mut policy, mut now) = streaming();
+        // A bursty stream: every fallback wait brings 5,000 bytes, under the
+        // 8 KiB mark but enough for a 4 KiB one.
+        let mut marks = Vec::new();
+        for _ in 0..20 {
+            now += FALLBACK;
+            marks.extend(policy.after_read(5000, true, now));
+        }
+        assert_eq!(marks, vec![4096]);
+        assert_eq!(policy.mark(), 4096);
     }
 
     #[test]
